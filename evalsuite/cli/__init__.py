@@ -1,0 +1,67 @@
+"""The evalsuite command line: a thin click layer over the library.
+
+Each command lives in its own module and registers itself on `main`; every command validates its
+inputs before expensive work and turns `EvalsuiteError` into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from evalsuite import __version__
+from evalsuite.errors import EvalsuiteError
+
+
+class UserError(click.ClickException):
+    """A user-input error: printed as one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for command callbacks: `EvalsuiteError` becomes `UserError` (exit 2, no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EvalsuiteError as error:
+            raise UserError(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo(
+                "Interrupted; rerun the same command to continue where it stopped.", err=True
+            )
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="evalsuite")
+def main() -> None:
+    """evalsuite: sample ADM-style diffusion models and score them with the ADM protocol.
+
+    \b
+    Commands at a glance:
+      evalsuite evaluate REFERENCE SAMPLES     FID, sFID, IS, precision/recall, KID
+      evalsuite ref-stats REFERENCE --out F    reference statistics for later evaluations
+      evalsuite sample --out samples.npz       generate an ADM sample batch
+      evalsuite info                           Inception weights and environment
+    Run `evalsuite COMMAND --help` for options and worked examples.
+    """
+
+
+def _register_commands() -> None:
+    # Command modules import their heavy dependencies lazily inside the callbacks.
+    from evalsuite.cli import commands_eval  # noqa: F401
+
+
+_register_commands()

@@ -1,0 +1,299 @@
+"""`evaluate`: score a sample batch against a reference with the ADM protocol (§1–3).
+
+The I/O-aware layer above `evalsuite.metrics`: resolves the Inception weights, extracts (cached)
+features of both sides, takes stored or recomputed reference statistics, and returns one flat
+result dictionary with provenance.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from evalsuite import PROTOCOL_VERSION, __version__
+from evalsuite.batches import open_images
+from evalsuite.errors import EvalsuiteError
+from evalsuite.featureset import FeatureComputer, FeatureSet
+from evalsuite.metrics import (
+    frechet_distance,
+    gaussian_stats,
+    inception_score,
+    kernel_inception_distance,
+    precision_recall,
+)
+from evalsuite.reference import PR_REFERENCE_SIZE, Reference, load_reference
+
+METRICS = ("fid", "sfid", "is", "pr", "kid")
+REF_STATS_CHOICES = ("auto", "stored", "recompute")
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Options that change metric values (recorded with every result)."""
+
+    pr_k: int = 3
+    is_split_size: int = 5000
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    kid_seed: int = 0
+    fid_method: str = "eigh"
+
+
+def parse_metrics(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """'fid,sfid' -> ('fid', 'sfid'); unknown names raise `EvalsuiteError`."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise EvalsuiteError(
+            f"unknown metric {', '.join(unknown) or '(none given)'}; choose from {','.join(METRICS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def versions() -> dict[str, str]:
+    """Versions of evalsuite and the libraries that can change a number."""
+    import scipy
+    import torch_fidelity
+
+    return {
+        "evalsuite": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch_fidelity": getattr(torch_fidelity, "__version__", "unknown"),
+    }
+
+
+def load_inception(path: str | None, device: str | torch.device):
+    """Resolve the Inception weights and build the extractor on `device`."""
+    from evalsuite.features import InceptionFeatureExtractor, resolve_inception_weights
+
+    weights = resolve_inception_weights(path)
+    extractor = InceptionFeatureExtractor(weights).to(device).eval()
+    return weights, extractor
+
+
+def reference_features_needed(metrics: tuple[str, ...], ref: Reference, mode: str) -> str:
+    """Resolve the ref-stats choice ('stored' or 'recompute') and check it is possible."""
+    wants_moments = [m for m in metrics if m in ("fid", "sfid")]
+    has_stored = bool(ref.stored)
+    if mode == "auto":
+        mode = "stored" if has_stored else "recompute"
+    if mode == "stored":
+        if not has_stored:
+            raise EvalsuiteError(
+                f"{ref.path}: --ref-stats stored, but it has no stored statistics (mu/sigma); "
+                "use --ref-stats recompute"
+            )
+        for metric, key in (("fid", "pool"), ("sfid", "spatial")):
+            if metric in wants_moments and key not in ref.stored:
+                raise EvalsuiteError(
+                    f"{ref.path}: no stored {'mu_s/sigma_s' if key == 'spatial' else 'mu/sigma'} for "
+                    f"{metric}; use --ref-stats recompute or drop {metric} from --metrics"
+                )
+    elif ref.images is None:
+        raise EvalsuiteError(
+            f"{ref.path}: --ref-stats recompute needs the reference images (arr_0), "
+            "but this file only holds statistics"
+        )
+    return mode
+
+
+def evaluate(
+    reference: str,
+    samples: str,
+    *,
+    metrics: tuple[str, ...] = METRICS,
+    ref_stats: str = "auto",
+    inception_weights: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    options: MetricOptions = MetricOptions(),
+    progress: bool = True,
+    extractor_bundle: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Score SAMPLES against REFERENCE; returns metrics, sizes and provenance as a flat dict.
+
+    Inputs are validated before any feature extraction. `extractor_bundle` = (weights, extractor)
+    lets callers that evaluate many sample sets resolve the network once.
+    """
+    if ref_stats not in REF_STATS_CHOICES:
+        raise EvalsuiteError(
+            f"--ref-stats must be one of {', '.join(REF_STATS_CHOICES)}, got {ref_stats!r}"
+        )
+    ref = load_reference(reference)
+    sample_source = open_images(samples, role="samples")
+    sample_source.require_images()
+    mode = reference_features_needed(metrics, ref, ref_stats)
+    need_ref_pool = any(m in metrics for m in ("pr", "kid"))
+    if need_ref_pool and ref.pool is None and ref.images is None:
+        raise EvalsuiteError(
+            f"{ref.path}: precision/recall and KID need reference images or pool features"
+        )
+    if "pr" in metrics:
+        num_ref_pr = (
+            len(ref.pool) if ref.pool is not None else min(ref.images.num_images, PR_REFERENCE_SIZE)
+        )
+        for role, count in (("reference", num_ref_pr), ("samples", sample_source.num_images)):
+            if count < options.pr_k + 1:
+                raise EvalsuiteError(
+                    f"precision/recall needs at least k+1 = {options.pr_k + 1} {role} images, got {count}; "
+                    "add images or drop pr from --metrics"
+                )
+
+    weights, extractor = extractor_bundle or load_inception(inception_weights, device)
+    notes: list[str] = []
+    if ref.meta is not None and ref.meta.get("weights_sha256") not in (None, weights.sha256):
+        notes.append(
+            f"reference statistics were computed with Inception weights {ref.meta['weights_sha256'][:12]}, "
+            f"evaluating with {weights.sha256[:12]} ({weights.source})"
+        )
+    computer = FeatureComputer(
+        extractor,
+        weights.sha256,
+        weights.has_logits,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+    sample_features = computer.compute(sample_source, desc="sample features")
+    ref_features: FeatureSet | None = None
+    if mode == "recompute":
+        ref_features = computer.compute(ref.images, desc="reference features")
+    elif need_ref_pool and ref.pool is None:
+        ref_features = computer.compute(
+            ref.images, stop=PR_REFERENCE_SIZE, desc="reference features"
+        )
+
+    result: dict[str, Any] = {
+        m: None
+        for m in (
+            "fid",
+            "sfid",
+            "inception_score",
+            "inception_score_std",
+            "precision",
+            "recall",
+            "kid",
+            "kid_std",
+        )
+    }
+    if "fid" in metrics or "sfid" in metrics:
+        for metric, key in (("fid", "pool"), ("sfid", "spatial")):
+            if metric not in metrics:
+                continue
+            sample_stats = gaussian_stats(getattr(sample_features, key))
+            ref_moments = (
+                ref.stored[key] if mode == "stored" else gaussian_stats(getattr(ref_features, key))
+            )
+            result[metric] = frechet_distance(
+                sample=sample_stats, reference=ref_moments, method=options.fid_method
+            )
+    if "is" in metrics:
+        if sample_features.logits is None:
+            from evalsuite.features import IS_UNAVAILABLE
+
+            notes.append(IS_UNAVAILABLE)
+        else:
+            mean, std = inception_score(sample_features.logits, split_size=options.is_split_size)
+            result["inception_score"], result["inception_score_std"] = mean, std
+    ref_pool = (
+        ref.pool
+        if ref.pool is not None and mode == "stored"
+        else (ref_features.pool[:PR_REFERENCE_SIZE] if ref_features is not None else None)
+    )
+    if "pr" in metrics:
+        pr = precision_recall(
+            reference=ref_pool, sample=sample_features.pool, k=options.pr_k, device=device
+        )
+        result["precision"], result["recall"] = pr.precision, pr.recall
+    if "kid" in metrics:
+        result["kid"], result["kid_std"] = kernel_inception_distance(
+            reference=ref_pool,
+            sample=sample_features.pool,
+            num_subsets=options.kid_subsets,
+            subset_size=options.kid_subset_size,
+            seed=options.kid_seed,
+        )
+
+    num_reference = (
+        len(ref_features)
+        if ref_features is not None and mode == "recompute"
+        else ref.meta.get("num_images")
+        if ref.meta
+        else None
+    )
+    result.update(
+        num_samples=sample_source.num_images,
+        num_reference=num_reference,
+        num_reference_pr=None if ref_pool is None else len(ref_pool),
+        metrics=list(metrics),
+        ref_stats=mode,
+        reference=str(ref.path),
+        reference_kind=ref.kind,
+        samples=str(samples),
+        samples_sha256=sample_source.fingerprint(),
+        weights_source=weights.source,
+        weights_path=str(weights.path),
+        weights_sha256=weights.sha256,
+        options=options.__dict__,
+        versions=versions(),
+        notes=notes,
+    )
+    return result
+
+
+def build_ref_stats(
+    reference: str,
+    out: str,
+    *,
+    inception_weights: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute reference statistics of an image batch or folder and write them to `out`."""
+    from evalsuite.reference import write_ref_stats
+
+    source = open_images(reference, role="reference")
+    source.require_images()
+    if source.num_images < 2:
+        raise EvalsuiteError(
+            f"{reference}: {source.num_images} image(s); statistics need at least 2"
+        )
+    weights, extractor = load_inception(inception_weights, device)
+    computer = FeatureComputer(
+        extractor,
+        weights.sha256,
+        weights.has_logits,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    features = computer.compute(source, desc="reference features")
+    meta = {
+        "source": str(reference),
+        "source_sha256": source.fingerprint(),
+        "num_images": len(features),
+        "num_pool_features": min(len(features), PR_REFERENCE_SIZE),
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256,
+        "protocol_version": PROTOCOL_VERSION,
+        "versions": versions(),
+    }
+    write_ref_stats(
+        out,
+        pool_stats=gaussian_stats(features.pool),
+        spatial_stats=gaussian_stats(features.spatial),
+        pool=features.pool,
+        meta=meta,
+    )
+    return meta
