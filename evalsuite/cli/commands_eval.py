@@ -185,7 +185,8 @@ def evaluate(
       evalsuite evaluate ref.npz samples.npz --metrics fid,pr --json result.json
       evalsuite evaluate ref.npz samples/ --ref-stats recompute --device cuda
     """
-    from evalsuite.evaluate import MetricOptions, evaluate as run_evaluate, parse_metrics
+    from evalsuite.evaluate import MetricOptions, parse_metrics
+    from evalsuite.evaluate import evaluate as run_evaluate
 
     chosen = parse_metrics(metrics)
     check_device(device)
