@@ -162,6 +162,8 @@ def test_ddim_with_eta_needs_noise():
     chain = make_schedule("linear", 100)
     with pytest.raises(EvalsuiteError, match="noise"):
         sample_ddim(_tiny_denoiser(chain), chain, torch.zeros(1, 2, 1, 1), eta=0.5)
+    with pytest.raises(EvalsuiteError, match=r"\[0, 1\]"):
+        sample_ddim(_tiny_denoiser(chain), chain, torch.zeros(1, 2, 1, 1), eta=1.5)
 
 
 def test_per_sample_noise_rows_depend_only_on_their_generator():

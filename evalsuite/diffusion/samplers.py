@@ -192,13 +192,13 @@ def sample_ddim(
     Returns:
         x_0, (B, C, H, W), dtype of x_T.
     """
-    if eta < 0:
-        raise EvalsuiteError(f"DDIM eta must be >= 0, got {eta}")
+    if not 0 <= eta <= 1:
+        raise EvalsuiteError(f"DDIM eta must lie in [0, 1], got {eta}")
     if eta > 0 and noise is None:
         raise EvalsuiteError(f"DDIM with eta={eta} > 0 needs a noise source (noise=...)")
     if guidance is not None:
         denoise_fn = guided(denoise_fn, guidance, mode="ddim")
-    # Per-step coefficients of Algorithm 2 in float64.
+    # Per-step coefficients of Algorithm 2 in float64 (max(., 0) absorbs roundoff at eta = 1).
     alpha_bar, alpha_bar_prev = schedule.alpha_bar, schedule.alpha_bar_prev
     sigma = (
         eta

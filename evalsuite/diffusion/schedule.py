@@ -101,8 +101,8 @@ class DiffusionSchedule:
             raise EvalsuiteError(
                 f"betas must be a 1-D array of >= 2 steps, got shape {betas.shape}"
             )
-        if not np.all((betas > 0) & (betas <= 1)):
-            raise EvalsuiteError("betas must lie in (0, 1]")
+        if not np.all((betas > 0) & (betas < 1)):
+            raise EvalsuiteError("betas must lie in the open interval (0, 1)")
         timesteps = np.asarray(self.timesteps, dtype=np.int64)
         if timesteps.shape != betas.shape or np.any(np.diff(timesteps) <= 0):
             raise EvalsuiteError(
