@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
@@ -84,13 +85,22 @@ def _check_kind(kind: str) -> None:
 def _read(path: Path, map_location: Any) -> Any:
     if not path.is_file():
         raise EvalsuiteError(f"checkpoint {path} does not exist or is not a file")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if archive.namelist() and all(n.endswith(".npy") for n in archive.namelist()):
+                raise EvalsuiteError(
+                    f"{path} is a NumPy .npz archive (a sample or reference batch?), not a "
+                    f"PyTorch checkpoint; expected a guided-diffusion state dict (.pt) or an "
+                    f"evalsuite checkpoint"
+                )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load raises many types for non-checkpoint files
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lines = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
         raise EvalsuiteError(
             f"{path} is not a loadable PyTorch checkpoint (torch.load with weights_only=True "
-            f"failed: {reason[:200]}); expected a guided-diffusion state dict (.pt) or an "
+            f"failed with {reason}); expected a guided-diffusion state dict (.pt) or an "
             f"evalsuite checkpoint"
         ) from None
 
@@ -433,7 +443,7 @@ def _likely_flags(
         if a is None or b is None or a == b:
             continue
         render = show if show is not None else partial(_as_resolutions, config.image_size)
-        culprits.append(f"{flag} (expected {render(a)}, file has {render(b)})")
+        culprits.append(f"{flag} (given {render(a)}, file has {render(b)})")
         if signature in ("num_res_blocks", "input_blocks"):
             # Attention placement is read relative to the block layout; skip it when that differs.
             break

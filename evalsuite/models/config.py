@@ -450,8 +450,11 @@ def _unknown_flag(name: str) -> EvalsuiteError:
             f"remove it from the model flags (pass sampling options to the sampler)"
         )
     close = difflib.get_close_matches(name, list(FLAGS), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join('--' + c for c in close)}?" if close else "no close match"
-    return EvalsuiteError(f"unknown model flag --{name} ({hint}); known flags: {', '.join(FLAGS)}")
+    if close:
+        return EvalsuiteError(
+            f"unknown model flag --{name}; did you mean {', '.join('--' + c for c in close)}?"
+        )
+    return EvalsuiteError(f"unknown model flag --{name}; known flags: {', '.join(FLAGS)}")
 
 
 def _parse_value(name: str, value: Any) -> Any:
