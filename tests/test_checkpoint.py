@@ -41,7 +41,6 @@ CLASSIFIER_FLAGS = {
     "classifier_depth": "1",
     "classifier_attention_resolutions": "8",
     "num_classes": "10",
-    "channel_mult": "1,2",
 }
 
 
@@ -194,6 +193,32 @@ def test_mismatch_names_the_flag(tmp_path: Path, changes: dict[str, str], flag: 
     for other in ("num_channels", "learn_sigma", "class_cond", "resblock_updown"):
         if not flag.startswith(other):
             assert f"{other} (" not in message
+
+
+def test_classifier_image_size_mismatch_is_read_off_the_positional_embedding(tmp_path: Path):
+    # Default channel_mult: 32 -> (1, 2, 2, 2), 64 -> (1, 2, 3, 4): same block count, final
+    # feature map 4x4 vs 8x8 (positional embedding [C, 17] vs [C, 65]).
+    config, _ = build_configs(_flags(CLASSIFIER_FLAGS, image_size="32"), kind="classifier")
+    path = _bare(tmp_path, build_model(config))
+    with pytest.raises(EvalsuiteError) as error:
+        load_checkpoint(path, "classifier", flags=_flags(CLASSIFIER_FLAGS, image_size="64"))
+    assert (
+        "image_size (or channel_mult) (given final feature map 8x8, file has final feature map 4x4)"
+        in str(error.value)
+    )
+
+
+def test_upsampler_state_dict_with_plain_unet_flags(tmp_path: Path):
+    upsampler_flags = {**FLAGS, "large_size": "16", "small_size": "8"}
+    del upsampler_flags["image_size"]
+    model, _, _ = _tiny_unet(_flags(upsampler_flags))
+    path = _bare(tmp_path, model)
+    loaded = load_checkpoint(path, "unet", flags=_flags(upsampler_flags))
+    assert loaded.model_config.is_upsampler and loaded.model_config.image_size == 16
+    with pytest.raises(
+        EvalsuiteError, match="upsampler\\) \\(given 3 input channels, file has 6 input channels\\)"
+    ):
+        load_checkpoint(path, "unet", flags=_flags())
 
 
 def test_preset_on_a_different_state_dict_names_the_width(tmp_path: Path):

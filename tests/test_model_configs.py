@@ -167,6 +167,15 @@ def test_build_configs_shared_namespace_and_dict_input():
     assert diffusion.learn_sigma
     unet, _ = build_configs(text, kind="unet")
     assert unet.num_channels == 256 and unet.learn_sigma and unet.out_channels == 6
+    # --channel_mult is the UNet's: guided-diffusion's classifier uses the size default.
+    assert build_configs("--image_size 32 --channel_mult 1,2", kind="classifier")[
+        0
+    ].channel_mult == (
+        1,
+        2,
+        2,
+        2,
+    )
     from_dict, _ = build_configs({"image_size": "128", "num_channels": 256, "learn_sigma": True})
     assert from_dict == unet
     with pytest.raises(EvalsuiteError, match="did you mean --num_channels"):

@@ -21,7 +21,7 @@ from evalsuite.models import (
     UNetConfig,
     build_model,
 )
-from evalsuite.models.nn import AttentionBlock, ResBlock, timestep_embedding
+from evalsuite.models.nn import AttentionBlock, ResBlock, qkv_attention, timestep_embedding
 
 TINY = dict(
     image_size=16,
@@ -319,3 +319,19 @@ def test_fp16_conversion_keeps_linear_norm_and_out_in_float32():
     half.convert_to_fp32()
     with torch.no_grad():
         torch.testing.assert_close(half(x, t, y), full, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("order", ["legacy", "new"])
+def test_sdpa_attention_equals_the_plain_float32_formula(order: str):
+    # qkv_attention runs on scaled_dot_product_attention; check it against the einsum form of
+    # ADM protocol §6 in float32 (bit-identical on CPU when measured; asserted to 1e-6 here).
+    heads, ch, length = 4, 16, 65
+    qkv = 2 * torch.randn(2, 3 * heads * ch, length)
+    if order == "legacy":
+        q, k, v = qkv.reshape(2 * heads, 3 * ch, length).split(ch, dim=1)
+    else:
+        q, k, v = (part.reshape(2 * heads, ch, length) for part in qkv.chunk(3, dim=1))
+    scale = ch**-0.25
+    weights = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+    expected = torch.einsum("bts,bcs->bct", weights, v).reshape(2, heads * ch, length)
+    torch.testing.assert_close(qkv_attention(qkv, heads, order), expected, rtol=1e-6, atol=1e-6)

@@ -533,7 +533,9 @@ def build_configs(
     Flags not given take guided-diffusion's defaults. `kind` "unet" reads the UNet flags
     (`--large_size`/`--small_size` select the super-resolution UNet), "classifier" the
     `--classifier_*` flags (plus `--image_size`, `--num_classes`); flags of the other kind are
-    accepted and ignored, as guided-diffusion's scripts share one namespace.
+    accepted and ignored, as guided-diffusion's scripts share one namespace. In particular
+    `--channel_mult` only applies to the UNet: guided-diffusion's classifier always uses the
+    default multipliers of its image size (build a ClassifierConfig directly for others).
     """
     if kind not in MODEL_KINDS:
         raise EvalsuiteError(
