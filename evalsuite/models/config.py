@@ -326,7 +326,6 @@ class DiffusionConfig:
             _check_type(owner, name, getattr(self, name), bool)
 
 
-ModelConfig = UNetConfig | ClassifierConfig
 ConfigT = TypeVar("ConfigT", UNetConfig, ClassifierConfig, DiffusionConfig)
 
 
