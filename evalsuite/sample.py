@@ -188,6 +188,7 @@ class BatchSampler:
             diffusion.noise_schedule, diffusion.diffusion_steps, settings.steps
         )
         self.dtype = PRECISIONS[settings.precision]
+        self.per_sample = self.device.type == "cpu"
         if self.dtype != torch.float32 and self.device.type != "cuda":
             raise EvalsuiteError(
                 f"--precision {settings.precision} needs a CUDA device; use --precision fp32 on CPU"
@@ -203,9 +204,29 @@ class BatchSampler:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _network(self, module: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        """The network as a callable; on CPU it runs one sample at a time.
+
+        oneDNN convolutions and GEMMs choose their blocking by batch size, so a sample computed
+        in a batch of 16 can differ in the last bit from the same sample alone. Evaluating each
+        sample on its own makes the output independent of batch size and process count by
+        construction (and costs little on CPU, where per-sample passes are compute-bound).
+        On CUDA the batch runs whole; see the README on what may differ across GPUs.
+        """
+
         def call(x: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             with self._autocast():
-                return module(x, timesteps, **kwargs).float()
+                if not self.per_sample:
+                    return module(x, timesteps, **kwargs).float()
+                return torch.cat(
+                    [
+                        module(
+                            x[i : i + 1],
+                            timesteps[i : i + 1],
+                            **{k: v[i : i + 1] for k, v in kwargs.items()},
+                        ).float()
+                        for i in range(x.shape[0])
+                    ]
+                )
 
         return call
 
@@ -367,6 +388,7 @@ def generate(
             )
         _check_identity(sidecar_path(out), identity, "the existing sample batch", out)
         return json.loads(sidecar_path(out).read_text())
+    sampler = BatchSampler(models, settings, device)
     rank, world_size = dist.world()
     folder = parts_dir(out)
     spec_file = folder / "identity.json"
@@ -378,7 +400,6 @@ def generate(
             with atomic_path(spec_file) as tmp:
                 tmp.write_text(json.dumps({"identity": identity}, indent=2))
     dist.barrier()
-    sampler = BatchSampler(models, settings, device)
     todo = _missing_batches(settings.num_samples, _existing_parts(folder), batch_size)
     mine = todo[rank::world_size]
     done_before = settings.num_samples - sum(len(b) for b in todo)
