@@ -19,6 +19,7 @@ from evalsuite.batches import open_images
 from evalsuite.errors import EvalsuiteError
 from evalsuite.featureset import FeatureComputer, FeatureSet
 from evalsuite.metrics import (
+    GaussianStats,
     frechet_distance,
     gaussian_stats,
     inception_score,
@@ -106,6 +107,175 @@ def reference_features_needed(metrics: tuple[str, ...], ref: Reference, mode: st
     return mode
 
 
+@dataclass
+class ReferenceSide:
+    """The reference quantities the metrics need, resolved once per evaluation or sweep.
+
+    pool_stats/spatial_stats: FID and sFID moments (stored or recomputed); pool: pool features of
+    up to `PR_REFERENCE_SIZE` reference images for precision/recall and KID.
+    """
+
+    reference: Reference
+    mode: str
+    pool_stats: GaussianStats | None
+    spatial_stats: GaussianStats | None
+    pool: np.ndarray | None
+    num_reference: int | None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "reference": str(self.reference.path),
+            "reference_kind": self.reference.kind,
+            "ref_stats": self.mode,
+            "num_reference": self.num_reference,
+            "num_reference_pr": None if self.pool is None else len(self.pool),
+        }
+
+
+def check_reference(
+    ref: Reference, metrics: tuple[str, ...], ref_stats: str, options: MetricOptions
+) -> str:
+    """Validate that `metrics` can be computed against `ref`; returns the ref-stats mode."""
+    if ref_stats not in REF_STATS_CHOICES:
+        raise EvalsuiteError(
+            f"--ref-stats must be one of {', '.join(REF_STATS_CHOICES)}, got {ref_stats!r}"
+        )
+    mode = reference_features_needed(metrics, ref, ref_stats)
+    need_ref_pool = any(m in metrics for m in ("pr", "kid"))
+    if need_ref_pool and ref.pool is None and ref.images is None:
+        raise EvalsuiteError(
+            f"{ref.path}: precision/recall and KID need reference images or pool features"
+        )
+    if "pr" in metrics:
+        num_ref_pr = (
+            len(ref.pool) if ref.pool is not None else min(ref.images.num_images, PR_REFERENCE_SIZE)
+        )
+        check_pr_size("reference", num_ref_pr, options)
+    return mode
+
+
+def check_pr_size(role: str, count: int, options: MetricOptions) -> None:
+    if count < options.pr_k + 1:
+        raise EvalsuiteError(
+            f"precision/recall needs at least k+1 = {options.pr_k + 1} {role} images, got {count}; "
+            "add images or drop pr from --metrics"
+        )
+
+
+def resolve_reference(
+    ref: Reference, metrics: tuple[str, ...], mode: str, computer: FeatureComputer
+) -> ReferenceSide:
+    """Extract (cached) reference features as needed and build the reference side."""
+    need_ref_pool = any(m in metrics for m in ("pr", "kid"))
+    features: FeatureSet | None = None
+    if mode == "recompute":
+        features = computer.compute(ref.images, desc="reference features")
+    elif need_ref_pool and ref.pool is None:
+        features = computer.compute(ref.images, stop=PR_REFERENCE_SIZE, desc="reference features")
+    if mode == "stored":
+        pool_stats, spatial_stats = ref.stored.get("pool"), ref.stored.get("spatial")
+        num_reference = ref.meta.get("num_images") if ref.meta else None
+    else:
+        pool_stats = gaussian_stats(features.pool) if "fid" in metrics else None
+        spatial_stats = gaussian_stats(features.spatial) if "sfid" in metrics else None
+        num_reference = len(features)
+    if ref.pool is not None and mode == "stored":
+        pool = ref.pool
+    else:
+        pool = None if features is None else features.pool[:PR_REFERENCE_SIZE]
+    return ReferenceSide(ref, mode, pool_stats, spatial_stats, pool, num_reference)
+
+
+METRIC_KEYS = (
+    "fid",
+    "sfid",
+    "inception_score",
+    "inception_score_std",
+    "precision",
+    "recall",
+    "kid",
+    "kid_std",
+)
+
+
+def score_features(
+    sample: FeatureSet,
+    reference: ReferenceSide,
+    metrics: tuple[str, ...],
+    options: MetricOptions = MetricOptions(),
+    device: str | torch.device = "cpu",
+) -> dict[str, float | None]:
+    """All requested metrics of sample features against the reference side (None = not computed)."""
+    result: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    if "fid" in metrics:
+        result["fid"] = frechet_distance(
+            sample=gaussian_stats(sample.pool),
+            reference=reference.pool_stats,
+            method=options.fid_method,
+        )
+    if "sfid" in metrics:
+        result["sfid"] = frechet_distance(
+            sample=gaussian_stats(sample.spatial),
+            reference=reference.spatial_stats,
+            method=options.fid_method,
+        )
+    if "is" in metrics and sample.logits is not None:
+        mean, std = inception_score(sample.logits, split_size=options.is_split_size)
+        result["inception_score"], result["inception_score_std"] = mean, std
+    if "pr" in metrics:
+        pr = precision_recall(
+            reference=reference.pool, sample=sample.pool, k=options.pr_k, device=device
+        )
+        result["precision"], result["recall"] = pr.precision, pr.recall
+    if "kid" in metrics:
+        result["kid"], result["kid_std"] = kernel_inception_distance(
+            reference=reference.pool,
+            sample=sample.pool,
+            num_subsets=options.kid_subsets,
+            subset_size=options.kid_subset_size,
+            seed=options.kid_seed,
+        )
+    return result
+
+
+def make_computer(
+    weights: Any, extractor: Any, *, device: str, batch_size: int, progress: bool
+) -> FeatureComputer:
+    return FeatureComputer(
+        extractor,
+        weights.sha256,
+        weights.has_logits,
+        device=device,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def provenance(weights: Any, reference: Reference) -> tuple[dict[str, Any], list[str]]:
+    """Weights and versions of a result, plus notes (IS availability, weights mismatch)."""
+    notes: list[str] = []
+    if reference.meta is not None and reference.meta.get("weights_sha256") not in (
+        None,
+        weights.sha256,
+    ):
+        notes.append(
+            f"reference statistics were computed with Inception weights "
+            f"{reference.meta['weights_sha256'][:12]}, evaluating with {weights.sha256[:12]} "
+            f"({weights.source})"
+        )
+    if not weights.has_logits:
+        from evalsuite.features import IS_UNAVAILABLE
+
+        notes.append(IS_UNAVAILABLE)
+    info = {
+        "weights_source": weights.source,
+        "weights_path": str(weights.path),
+        "weights_sha256": weights.sha256,
+        "versions": versions(),
+    }
+    return info, notes
+
+
 def evaluate(
     reference: str,
     samples: str,
@@ -117,135 +287,38 @@ def evaluate(
     batch_size: int = 64,
     options: MetricOptions = MetricOptions(),
     progress: bool = True,
-    extractor_bundle: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Score SAMPLES against REFERENCE; returns metrics, sizes and provenance as a flat dict.
 
-    Inputs are validated before any feature extraction. `extractor_bundle` = (weights, extractor)
-    lets callers that evaluate many sample sets resolve the network once.
+    Inputs are validated before any feature extraction.
     """
-    if ref_stats not in REF_STATS_CHOICES:
-        raise EvalsuiteError(
-            f"--ref-stats must be one of {', '.join(REF_STATS_CHOICES)}, got {ref_stats!r}"
-        )
     ref = load_reference(reference)
     sample_source = open_images(samples, role="samples")
     sample_source.require_images()
-    mode = reference_features_needed(metrics, ref, ref_stats)
-    need_ref_pool = any(m in metrics for m in ("pr", "kid"))
-    if need_ref_pool and ref.pool is None and ref.images is None:
-        raise EvalsuiteError(
-            f"{ref.path}: precision/recall and KID need reference images or pool features"
-        )
+    mode = check_reference(ref, metrics, ref_stats, options)
     if "pr" in metrics:
-        num_ref_pr = (
-            len(ref.pool) if ref.pool is not None else min(ref.images.num_images, PR_REFERENCE_SIZE)
-        )
-        for role, count in (("reference", num_ref_pr), ("samples", sample_source.num_images)):
-            if count < options.pr_k + 1:
-                raise EvalsuiteError(
-                    f"precision/recall needs at least k+1 = {options.pr_k + 1} {role} images, got {count}; "
-                    "add images or drop pr from --metrics"
-                )
+        check_pr_size("samples", sample_source.num_images, options)
 
-    weights, extractor = extractor_bundle or load_inception(inception_weights, device)
-    notes: list[str] = []
-    if ref.meta is not None and ref.meta.get("weights_sha256") not in (None, weights.sha256):
-        notes.append(
-            f"reference statistics were computed with Inception weights {ref.meta['weights_sha256'][:12]}, "
-            f"evaluating with {weights.sha256[:12]} ({weights.source})"
-        )
-    computer = FeatureComputer(
-        extractor,
-        weights.sha256,
-        weights.has_logits,
-        device=device,
-        batch_size=batch_size,
-        progress=progress,
+    weights, extractor = load_inception(inception_weights, device)
+    computer = make_computer(
+        weights, extractor, device=device, batch_size=batch_size, progress=progress
     )
-
     sample_features = computer.compute(sample_source, desc="sample features")
-    ref_features: FeatureSet | None = None
-    if mode == "recompute":
-        ref_features = computer.compute(ref.images, desc="reference features")
-    elif need_ref_pool and ref.pool is None:
-        ref_features = computer.compute(
-            ref.images, stop=PR_REFERENCE_SIZE, desc="reference features"
-        )
-
-    result: dict[str, Any] = {
-        m: None
-        for m in (
-            "fid",
-            "sfid",
-            "inception_score",
-            "inception_score_std",
-            "precision",
-            "recall",
-            "kid",
-            "kid_std",
-        )
-    }
-    if "fid" in metrics or "sfid" in metrics:
-        for metric, key in (("fid", "pool"), ("sfid", "spatial")):
-            if metric not in metrics:
-                continue
-            sample_stats = gaussian_stats(getattr(sample_features, key))
-            ref_moments = (
-                ref.stored[key] if mode == "stored" else gaussian_stats(getattr(ref_features, key))
-            )
-            result[metric] = frechet_distance(
-                sample=sample_stats, reference=ref_moments, method=options.fid_method
-            )
-    if "is" in metrics:
-        if sample_features.logits is None:
-            from evalsuite.features import IS_UNAVAILABLE
-
-            notes.append(IS_UNAVAILABLE)
-        else:
-            mean, std = inception_score(sample_features.logits, split_size=options.is_split_size)
-            result["inception_score"], result["inception_score_std"] = mean, std
-    ref_pool = (
-        ref.pool
-        if ref.pool is not None and mode == "stored"
-        else (ref_features.pool[:PR_REFERENCE_SIZE] if ref_features is not None else None)
+    reference_side = resolve_reference(ref, metrics, mode, computer)
+    result: dict[str, Any] = score_features(
+        sample_features, reference_side, metrics, options, device
     )
-    if "pr" in metrics:
-        pr = precision_recall(
-            reference=ref_pool, sample=sample_features.pool, k=options.pr_k, device=device
-        )
-        result["precision"], result["recall"] = pr.precision, pr.recall
-    if "kid" in metrics:
-        result["kid"], result["kid_std"] = kernel_inception_distance(
-            reference=ref_pool,
-            sample=sample_features.pool,
-            num_subsets=options.kid_subsets,
-            subset_size=options.kid_subset_size,
-            seed=options.kid_seed,
-        )
-
-    num_reference = (
-        len(ref_features)
-        if ref_features is not None and mode == "recompute"
-        else ref.meta.get("num_images")
-        if ref.meta
-        else None
-    )
+    info, notes = provenance(weights, ref)
+    if "is" not in metrics:
+        notes = [n for n in notes if not n.startswith("Inception Score")]
     result.update(
         num_samples=sample_source.num_images,
-        num_reference=num_reference,
-        num_reference_pr=None if ref_pool is None else len(ref_pool),
         metrics=list(metrics),
-        ref_stats=mode,
-        reference=str(ref.path),
-        reference_kind=ref.kind,
+        **reference_side.describe(),
         samples=str(samples),
         samples_sha256=sample_source.fingerprint(),
-        weights_source=weights.source,
-        weights_path=str(weights.path),
-        weights_sha256=weights.sha256,
+        **info,
         options=options.__dict__,
-        versions=versions(),
         notes=notes,
     )
     return result

@@ -128,7 +128,7 @@ class FeatureComputer:
     def _extract(self, batches: Iterable[np.ndarray], bar: tqdm) -> dict[str, np.ndarray]:
         outputs: dict[str, list[np.ndarray]] = {}
         for batch in batches:
-            images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            images = torch.from_numpy(np.array(batch, copy=True)).to(self.device)
             features = self.extractor(images)
             for name, value in features.items():
                 outputs.setdefault(name, []).append(value.float().cpu().numpy())
