@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evalsuite.data import CLASS_NAMES, SPLITS, make_shapes, make_split, write_adm_batch
+from evalsuite.data import (
+    CLASS_NAMES,
+    SPLITS,
+    make_shapes,
+    make_split,
+    render_shapes,
+    write_adm_batch,
+)
 from evalsuite.errors import EvalsuiteError
 
 
@@ -25,6 +32,14 @@ def test_slice_equals_call_with_start_offset() -> None:
     np.testing.assert_array_equal(part_labels, labels[17:29])
     again, _ = make_shapes(30, seed=11)
     np.testing.assert_array_equal(again, images)
+
+
+def test_render_at_arbitrary_indices_matches_contiguous_render() -> None:
+    images, labels = make_shapes(40, seed=4)
+    indices = np.array([33, 2, 2, 17, 39, 0])
+    picked, picked_labels = render_shapes(indices, seed=4)
+    np.testing.assert_array_equal(picked, images[indices])
+    np.testing.assert_array_equal(picked_labels, labels[indices])
 
 
 def test_labels_round_robin_and_all_classes_present() -> None:

@@ -5,7 +5,8 @@ from evalsuite.data.shapes import (
     SPLITS,
     make_shapes,
     make_split,
+    render_shapes,
     write_adm_batch,
 )
 
-__all__ = ["CLASS_NAMES", "SPLITS", "make_shapes", "make_split", "write_adm_batch"]
+__all__ = ["CLASS_NAMES", "SPLITS", "make_shapes", "make_split", "render_shapes", "write_adm_batch"]

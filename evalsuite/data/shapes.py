@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evalsuite.cache import atomic_path
 from evalsuite.errors import EvalsuiteError
 
 # Class names, in label order.
@@ -143,11 +144,25 @@ def make_shapes(
     """
     if num < 0:
         raise EvalsuiteError(f"number of images must be >= 0, got {num}")
-    if image_size < 4:
-        raise EvalsuiteError(f"image size must be >= 4 pixels, got {image_size}")
     if start < 0:
         raise EvalsuiteError(f"start index must be >= 0, got {start}")
-    indices = np.arange(start, start + num, dtype=np.int64)
+    return render_shapes(np.arange(start, start + num), seed=seed, image_size=image_size)
+
+
+def render_shapes(
+    indices: np.ndarray, *, seed: int, image_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render the images at arbitrary dataset `indices` (int, any order, repeats allowed).
+
+    Returns (images uint8 (len(indices), image_size, image_size, 3), labels int64 = indices % 10);
+    image k is exactly image indices[k] of `make_shapes(..., seed=seed)`.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if image_size < 4:
+        raise EvalsuiteError(f"image size must be >= 4 pixels, got {image_size}")
+    if indices.size and indices.min() < 0:
+        raise EvalsuiteError(f"dataset indices must be >= 0, got {indices.min()}")
+    num = indices.size
     labels = indices % len(CLASS_NAMES)
     params = np.empty((num, 10), dtype=np.float64)
     noise = np.empty((num, image_size, image_size, 3), dtype=np.float64)
@@ -198,7 +213,8 @@ def write_adm_batch(path: str | os.PathLike[str], images: np.ndarray, labels: np
     """Write an ADM batch npz (protocol §3): arr_0 uint8 (N,H,W,3), arr_1 int64 (N,); atomic.
 
     The file is written to a temporary name in the same directory and moved into place with
-    os.replace, so readers never see a partial batch. Returns the path written.
+    os.replace (`evalsuite.cache.atomic_path`), so readers never see a partial batch.
+    Returns the path written.
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -210,13 +226,6 @@ def write_adm_batch(path: str | os.PathLike[str], images: np.ndarray, labels: np
         raise EvalsuiteError(
             f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
         )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            np.savez(file, arr_0=images, arr_1=labels.astype(np.int64))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, arr_0=images, arr_1=labels.astype(np.int64))
+    return Path(path)
