@@ -109,3 +109,28 @@ def test_read_only_float64_input_gives_same_result_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert precision_recall(reference=reference, sample=sample) == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((300, 32)).astype(np.float32)
+    sample = (rng.standard_normal((400, 32)) + 0.7).astype(np.float32)
+    expected = brute_force_precision_recall(reference, sample, 3)
+    for block_size in (64, 10000):
+        result = precision_recall(
+            reference=reference, sample=sample, block_size=block_size, device="cuda"
+        )
+        assert (result.precision, result.recall) == expected
+
+
+def test_restores_float32_matmul_precision_setting():
+    points = np.random.default_rng(4).standard_normal((10, 4)).astype(np.float32)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        precision_recall(reference=points, sample=points)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
