@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalsuite import PROTOCOL_VERSION, __version__
+from evalsuite import PROTOCOL_VERSION, __version__, dist
 from evalsuite.batches import open_images
 from evalsuite.errors import EvalsuiteError
 from evalsuite.featureset import FeatureComputer, FeatureSet
@@ -26,7 +26,7 @@ from evalsuite.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from evalsuite.reference import PR_REFERENCE_SIZE, Reference, load_reference
+from evalsuite.reference import POOL_DIM, PR_REFERENCE_SIZE, Reference, load_reference
 
 METRICS = ("fid", "sfid", "is", "pr", "kid")
 REF_STATS_CHOICES = ("auto", "stored", "recompute")
@@ -305,6 +305,9 @@ def evaluate(
     )
     sample_features = computer.compute(sample_source, desc="sample features")
     reference_side = resolve_reference(ref, metrics, mode, computer)
+    if not dist.is_main():
+        # Under torchrun every rank extracted a share of the features; rank 0 scores them.
+        return {}
     result: dict[str, Any] = score_features(
         sample_features, reference_side, metrics, options, device
     )
@@ -362,11 +365,14 @@ def build_ref_stats(
         "protocol_version": PROTOCOL_VERSION,
         "versions": versions(),
     }
+    # Small sets store their features (smaller than two 2k x 2k covariances, and exact).
+    small = len(features) <= min(POOL_DIM, PR_REFERENCE_SIZE)
     write_ref_stats(
         out,
         pool_stats=gaussian_stats(features.pool),
         spatial_stats=gaussian_stats(features.spatial),
         pool=features.pool,
+        spatial=features.spatial if small else None,
         meta=meta,
     )
     return meta

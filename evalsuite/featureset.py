@@ -9,6 +9,7 @@ share of the chunks; rank 0 assembles them from the (node-local, shared) cache.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from evalsuite.batches import ImageSource
 from evalsuite.cache import atomic_path, cache_dir, cache_key
 from evalsuite.errors import EvalsuiteError
 
-# Images per cached chunk; part of the cache key.
+# Images per cached chunk (env EVALSUITE_FEATURE_CHUNK overrides); part of the cache key.
 CHUNK_SIZE = 1000
 
 
@@ -55,6 +56,7 @@ class FeatureComputer:
         batch_size: int = 64,
         progress: bool = True,
         use_cache: bool = True,
+        chunk_size: int | None = None,
     ) -> None:
         self.extractor = extractor
         self.weights_sha256 = weights_sha256
@@ -63,6 +65,7 @@ class FeatureComputer:
         self.batch_size = batch_size
         self.progress = progress
         self.use_cache = use_cache
+        self.chunk_size = chunk_size or int(os.environ.get("EVALSUITE_FEATURE_CHUNK", CHUNK_SIZE))
 
     def chunk_dir(self, fingerprint: str) -> Path:
         key = cache_key(
@@ -71,7 +74,7 @@ class FeatureComputer:
             weights=self.weights_sha256,
             protocol=PROTOCOL_VERSION,
             logits=self.has_logits,
-            chunk=CHUNK_SIZE,
+            chunk=self.chunk_size,
         )
         return cache_dir() / "features" / key
 
@@ -81,7 +84,8 @@ class FeatureComputer:
         """Features of images [0, stop) of `source` (all of them by default)."""
         source.require_images()
         total = source.num_images if stop is None else min(stop, source.num_images)
-        bounds = [(lo, min(lo + CHUNK_SIZE, total)) for lo in range(0, total, CHUNK_SIZE)]
+        step = self.chunk_size
+        bounds = [(lo, min(lo + step, total)) for lo in range(0, total, step)]
         folder = self.chunk_dir(source.fingerprint()) if self.use_cache else None
         chunks: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         todo = []

@@ -3,7 +3,9 @@
 A ref-stats file (written by `evalsuite ref-stats`) is an `.npz` in the ADM layout — `mu`, `sigma`
 (pool_3, 2048-d) and `mu_s`, `sigma_s` (spatial, 2023-d) — plus `pool`, the pool features of the
 first `PR_REFERENCE_SIZE` images (precision/recall and KID need them), and `evalsuite_meta`, a JSON
-string with provenance (source sha256, Inception weights sha256, protocol version, N).
+string with provenance (source sha256, Inception weights sha256, protocol version, N). For small
+reference sets (N below the feature dimension) the file stores the features themselves, `pool`
+and `spatial`, instead of the moments: smaller, and the moments follow exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from evalsuite import PROTOCOL_VERSION, __version__
 from evalsuite.batches import ImageSource, NpzBatch, open_images
 from evalsuite.cache import atomic_path
 from evalsuite.errors import EvalsuiteError
-from evalsuite.metrics import GaussianStats
+from evalsuite.metrics import GaussianStats, gaussian_stats
 
 # The ADM evaluator's reference set for precision/recall: the (up to) 10,000 images of arr_0.
 PR_REFERENCE_SIZE = 10_000
@@ -75,6 +77,13 @@ def load_reference(path: str | os.PathLike[str]) -> Reference:
         if source.has("pool"):
             ref.pool = source.read("pool")
             _check_shape(ref.pool, (None, POOL_DIM), path, "pool")
+    if ref.meta is not None and source.has("spatial") and not source.has("mu"):
+        spatial = source.read("spatial")
+        _check_shape(spatial, (None, SPATIAL_DIM), path, "spatial")
+        if ref.pool is None or len(ref.pool) != len(spatial):
+            raise EvalsuiteError(f"{path}: pool and spatial features must have the same length")
+        ref.stored["pool"] = gaussian_stats(ref.pool.astype(np.float64))
+        ref.stored["spatial"] = gaussian_stats(spatial.astype(np.float64))
     if not source.has("arr_0"):
         if ref.meta is None and not source.has("mu"):
             source.require_images()
@@ -126,23 +135,32 @@ def write_ref_stats(
     spatial_stats: GaussianStats,
     pool: np.ndarray,
     meta: dict[str, Any],
+    spatial: np.ndarray | None = None,
 ) -> None:
-    """Write a ref-stats file atomically (ADM stat keys + `pool` + provenance)."""
+    """Write a ref-stats file atomically: ADM moments (or, given `spatial`, the features) + `pool`."""
     meta = {
         "format": REF_STATS_FORMAT,
         "protocol_version": PROTOCOL_VERSION,
         "evalsuite": __version__,
+        "stored": "features" if spatial is not None else "moments",
         **meta,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez(
-            fh,
+    arrays = {
+        "pool": pool[:PR_REFERENCE_SIZE].astype(np.float32),
+        META_KEY: np.array(json.dumps(meta, sort_keys=True)),
+    }
+    if spatial is not None:
+        if len(pool) != len(spatial) or len(pool) > PR_REFERENCE_SIZE:
+            raise EvalsuiteError(
+                f"storing features needs <= {PR_REFERENCE_SIZE} rows of pool and spatial features"
+            )
+        arrays["spatial"] = spatial.astype(np.float32)
+    else:
+        arrays.update(
             mu=pool_stats.mu,
             sigma=pool_stats.sigma,
             mu_s=spatial_stats.mu,
             sigma_s=spatial_stats.sigma,
-            pool=pool[:PR_REFERENCE_SIZE].astype(np.float32),
-            **{META_KEY: np.array(json.dumps(meta, sort_keys=True))},
         )
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)

@@ -207,6 +207,8 @@ def evaluate(
         options=options,
         progress=not quiet,
     )
+    if not result:
+        return
     for line in summary_lines(result):
         click.echo(line)
     if json_path:
