@@ -77,7 +77,9 @@ def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
             "[-1,1] with ((x+1)*127.5).clamp(0,255) and a cast to uint8, ADM protocol §3)"
         )
     if kind == "array":
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        # A copy only when needed: torch cannot wrap read-only (e.g. memory-mapped) arrays.
+        contiguous = np.ascontiguousarray(images)
+        tensor = torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy())
     else:
         tensor = images
     return tensor.permute(0, 3, 1, 2) if layout == "NHWC" else tensor
@@ -200,6 +202,7 @@ def extract_features(
 
     batches: uint8 arrays (B,H,W,3) (or (B,3,H,W)), regrouped into batches of `batch_size`
         (results do not depend on it). total: number of images, for the progress bar.
+    The extractor is moved to `device`; the bar shows images and images/s.
     Returns {"pool": (N,2048), "spatial": (N,2023)[, "logits": (N,1008)]} float32 arrays.
     """
     if batch_size < 1:
