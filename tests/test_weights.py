@@ -198,7 +198,7 @@ def test_default_is_the_headless_trunk(trunk_weights, shared_cache):
     assert trunk_weights.source == FID_HELPER_SOURCE
     assert trunk_weights.has_logits is False
     assert not any(k.startswith("fc.") for k in trunk_weights.state_dict)
-    assert "describe" in dir(trunk_weights) and "no IS" in trunk_weights.describe()
+    assert "no IS" in trunk_weights.describe()
     converted = shared_cache / "weights"
     assert os.path.dirname(trunk_weights.path) == str(converted)
     assert trunk_weights.sha256 == sha256_file(trunk_weights.path)
