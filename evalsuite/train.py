@@ -441,7 +441,9 @@ def _train(
         start_step = state["step"]
         _trim_log(log_path, start_step)
     else:
-        log_path.unlink(missing_ok=True)
+        # Starting over: nothing of an earlier run in this folder may survive.
+        for stale in [state_path, log_path, final_path, *out.glob(f"{kind}_step*.pt")]:
+            stale.unlink(missing_ok=True)
     missed = [
         point
         for point in save_at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from evalsuite.cli import main
-from evalsuite.data import make_split, render_shapes
+from evalsuite.data import SPLITS, make_split, render_shapes
 from evalsuite.errors import EvalsuiteError
 from evalsuite.models import (
     ClassifierConfig,
@@ -115,6 +116,10 @@ def test_resume_refuses_other_settings_and_global_rng_is_untouched(tmp_path) -> 
         train_unet(TINY_UNET, TINY_DIFFUSION, out=tmp_path, steps=1, **TRAINING)
     with pytest.raises(EvalsuiteError, match="cannot write"):
         train_unet(TINY_UNET, TINY_DIFFUSION, out=tmp_path, steps=3, save_at=(1,), **TRAINING)
+    # Without resuming, the run starts over from step 0 and forgets the earlier one.
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=tmp_path, steps=1, resume=False, **TRAINING)
+    assert torch.load(tmp_path / STATE_NAME, weights_only=True)["step"] == 1
+    assert [record["step"] for record in _log(tmp_path)] == [1]
 
 
 def test_batches_depend_only_on_seed_and_step() -> None:
@@ -138,7 +143,7 @@ def test_batches_depend_only_on_seed_and_step() -> None:
     assert -1.0 <= x0.min() and x0.max() <= 1.0
     # The batch is the train split's images at the drawn indices, scaled to [-1, 1].
     indices = torch.randint(0, options.train_set_size, (5,), generator=_step_generator(9, 17))
-    images, expected_labels = render_shapes(indices.numpy(), seed=20210511, image_size=8)
+    images, expected_labels = render_shapes(indices.numpy(), seed=SPLITS["train"], image_size=8)
     expected = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     assert torch.equal(x0, expected) and torch.equal(labels, torch.from_numpy(expected_labels))
 
@@ -169,7 +174,7 @@ def test_noised_and_clean_classifiers_see_different_inputs(tmp_path) -> None:
 def test_trainer_rejects_bad_settings(tmp_path) -> None:
     with pytest.raises(EvalsuiteError, match="num_classes"):
         train_classifier(
-            ClassifierConfig(**{**TINY_CLASSIFIER.__dict__, "num_classes": 1000}),
+            dataclasses.replace(TINY_CLASSIFIER, num_classes=1000),
             TINY_DIFFUSION,
             noised=True,
             out=tmp_path,
