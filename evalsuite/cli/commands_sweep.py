@@ -1,0 +1,477 @@
+"""`evalsuite sweep`, `evalsuite ablate` and `evalsuite report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from evalsuite.cli import UserError, handle_errors, main
+from evalsuite.cli.commands_eval import check_device, weights_option
+
+DEFAULT_SCALES = "0,1,4"
+
+
+class FloatListType(click.ParamType):
+    """A comma list of guidance scales, e.g. 0,0.5,1,2,4 (finite, >= 0, no repeats)."""
+
+    name = "FLOAT,..."
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        from evalsuite.errors import EvalsuiteError
+        from evalsuite.sweep import parse_scales
+
+        try:
+            return parse_scales(str(value))
+        except EvalsuiteError as error:
+            raise UserError(str(error)) from None
+
+
+class CommaListType(click.ParamType):
+    """A comma list of strings, optionally restricted to `choices`."""
+
+    name = "A,B,..."
+
+    def __init__(self, option: str, choices: tuple[str, ...] | None = None) -> None:
+        self.option = option
+        self.choices = choices
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        from evalsuite.errors import EvalsuiteError
+        from evalsuite.sweep import parse_list
+
+        try:
+            return parse_list(str(value), self.option, self.choices)
+        except EvalsuiteError as error:
+            raise UserError(str(error)) from None
+
+
+def run_options(fn: Any) -> Any:
+    """Options shared by `sweep` and `ablate`: where and how the run executes."""
+    options = [
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=16,
+            show_default=True,
+            help="Samples per forward pass (does not change the result).",
+        ),
+        click.option(
+            "--keep-samples",
+            is_flag=True,
+            help="Keep each cell's sample batch in OUT/samples/ (deleted after scoring otherwise).",
+        ),
+        click.option(
+            "--device",
+            default="cpu",
+            show_default=True,
+            help="Torch device (cpu, cuda, cuda:1, …).",
+        ),
+        click.option("--quiet", is_flag=True, help="No progress bars (per-cell lines remain)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _finish(run_dir: Path, absolute: bool = False) -> None:
+    """Write the report of a run and print its main table."""
+    from evalsuite.report import to_markdown, write_report
+
+    report = write_report(run_dir, absolute=absolute)
+
+    click.echo("")
+    click.echo(report.table.caption)
+    click.echo(to_markdown(report.table))
+    click.echo(f"report: {run_dir / 'report'} ({len(report.files)} files)")
+
+
+def _zoo_rows(classifier: str | None, classifier_flags: str | None, classifier_preset: str | None):
+    """The zoo's Table-4 pair: the unconditional and the conditional model, both guided."""
+    from evalsuite import zoo
+    from evalsuite.sweep import ModelRow
+
+    guide = classifier or str(zoo.asset(zoo.CLASSIFIER))
+    return (
+        ModelRow(
+            name="unconditional",
+            model=str(zoo.asset(zoo.UNCOND_MODEL)),
+            classifier=guide,
+            classifier_flags=classifier_flags,
+            classifier_preset=classifier_preset,
+        ),
+        ModelRow(
+            name="conditional",
+            model=str(zoo.asset(zoo.MODEL)),
+            classifier=guide,
+            classifier_flags=classifier_flags,
+            classifier_preset=classifier_preset,
+        ),
+    )
+
+
+def _named_rows(
+    models: tuple[str, ...],
+    model_flags: str | None,
+    preset: str | None,
+    classifier: str | None,
+    classifier_flags: str | None,
+    classifier_preset: str | None,
+):
+    """One row per --model, named after the file (made unique with -2, -3, …)."""
+    import re
+
+    from evalsuite.sweep import ModelRow
+
+    rows, used = [], set()
+    for path in models:
+        base = re.sub(r"[^A-Za-z0-9._+@-]+", "-", Path(path).stem).strip("-.") or "model"
+        name, count = base, 1
+        while name in used:
+            count += 1
+            name = f"{base}-{count}"
+        used.add(name)
+        rows.append(
+            ModelRow(
+                name=name,
+                model=path,
+                model_flags=model_flags,
+                preset=preset,
+                classifier=classifier,
+                classifier_flags=classifier_flags,
+                classifier_preset=classifier_preset,
+            )
+        )
+    return tuple(rows)
+
+
+@main.command()
+@click.option(
+    "--model",
+    "models",
+    type=click.Path(dir_okay=False),
+    multiple=True,
+    help="Diffusion checkpoint; repeat for several rows. Default: the zoo's unconditional and "
+    "conditional models.",
+)
+@click.option(
+    "--model-flags",
+    default=None,
+    help="Architecture of bare state dicts as guided-diffusion flags.",
+)
+@click.option(
+    "--preset",
+    default=None,
+    help="Architecture preset of bare state dicts, e.g. 256x256_diffusion.",
+)
+@click.option(
+    "--classifier",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Noise-aware classifier guiding every model (needed for scales > 0). Default with the zoo: its classifier.",
+)
+@click.option(
+    "--classifier-flags", default=None, help="Classifier architecture as guided-diffusion flags."
+)
+@click.option("--classifier-preset", default=None, help="Classifier architecture preset.")
+@click.option(
+    "--reference",
+    type=click.Path(),
+    default=None,
+    help="Reference batch or ref-stats file. Default with the zoo: its reference statistics.",
+)
+@click.option(
+    "--scales",
+    type=FloatListType(),
+    default=DEFAULT_SCALES,
+    show_default=True,
+    help="Classifier-guidance scales, comma separated.",
+)
+@click.option(
+    "--sampler",
+    "samplers",
+    type=CommaListType("--sampler", ("ddpm", "ddim")),
+    default="ddim",
+    show_default=True,
+    help="Sampler(s), comma separated: ddpm, ddim.",
+)
+@click.option(
+    "--steps",
+    type=CommaListType("--steps"),
+    default="ddim25",
+    show_default=True,
+    help='Respacing(s), comma separated, e.g. "250,ddim25".',
+)
+@click.option(
+    "--num-samples",
+    type=click.IntRange(min=2),
+    default=200,
+    show_default=True,
+    help="Samples per cell.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Sample i has the same class and noise at every scale.",
+)
+@click.option(
+    "--classes",
+    default="uniform",
+    show_default=True,
+    help="uniform (i.i.d., as published), balanced, or a list like 0,3,7.",
+)
+@click.option(
+    "--eta", type=click.FloatRange(min=0), default=0.0, show_default=True, help="DDIM eta."
+)
+@click.option(
+    "--metrics",
+    default="fid,sfid,is,pr",
+    show_default=True,
+    help="Comma list from fid,sfid,is,pr,kid.",
+)
+@click.option(
+    "--judge",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Clean-image classifier measuring class agreement. Default with the zoo: its judge.",
+)
+@click.option("--no-judge", is_flag=True, help="No class agreement, even with the zoo.")
+@click.option(
+    "--bootstrap",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="Bootstrap resamples for confidence intervals (0 = off).",
+)
+@click.option(
+    "--bootstrap-seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the resamples.",
+)
+@click.option(
+    "--ref-stats",
+    type=click.Choice(["auto", "stored", "recompute"]),
+    default="auto",
+    show_default=True,
+    help="Reference moments: stored in REFERENCE, or recomputed from its images.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/sweep",
+    show_default=True,
+    help="Run directory (rerun the same command to resume; a different config is refused).",
+)
+@run_options
+@weights_option
+@handle_errors
+def sweep(
+    models: tuple[str, ...],
+    model_flags: str | None,
+    preset: str | None,
+    classifier: str | None,
+    classifier_flags: str | None,
+    classifier_preset: str | None,
+    reference: str | None,
+    scales: tuple[float, ...],
+    samplers: tuple[str, ...],
+    steps: tuple[str, ...],
+    num_samples: int,
+    seed: int,
+    classes: str,
+    eta: float,
+    metrics: str,
+    judge: str | None,
+    no_judge: bool,
+    bootstrap: int,
+    bootstrap_seed: int,
+    ref_stats: str,
+    out: str,
+    batch_size: int,
+    keep_samples: bool,
+    device: str,
+    quiet: bool,
+    inception_weights: str | None,
+) -> None:
+    """Sweep the classifier-guidance scale (and optionally samplers and step counts).
+
+    Every cell uses the same seed, so sample i has the same class and initial noise at every
+    scale. Each cell is sampled, scored against the reference (FID, sFID, IS, precision,
+    recall; bootstrap intervals; class agreement with --judge) and recorded in
+    OUT/records.jsonl; tables and figures are written to OUT/report/. With no --model it runs
+    the zoo: its unconditional and conditional models, both guided by its classifier.
+
+    \b
+    Examples:
+      evalsuite sweep                                   # the zoo, scales 0,1,4
+      evalsuite sweep --scales 0,0.5,1,2,4 --out runs/zoo-scales
+      evalsuite sweep --steps 50,ddim25 --sampler ddpm,ddim --scales 0,2
+      evalsuite sweep --model 256x256_diffusion.pt --preset 256x256_diffusion \\
+          --classifier 256x256_classifier.pt --classifier-preset 256x256_classifier \\
+          --reference VIRTUAL_imagenet256_labeled.npz --scales 0,1,10 \\
+          --num-samples 10000 --device cuda --out runs/adm256
+    """
+    from evalsuite import zoo
+    from evalsuite.errors import EvalsuiteError
+    from evalsuite.evaluate import MetricOptions, parse_metrics
+    from evalsuite.sweep import SweepConfig, run_sweep
+
+    chosen = parse_metrics(metrics)
+    check_device(device)
+    annotations: dict[str, Any] = {}
+    if models:
+        if reference is None:
+            raise EvalsuiteError(
+                "--reference is required with --model (the zoo's reference only fits the zoo); "
+                "give a reference batch or ref-stats file"
+            )
+        rows = _named_rows(
+            models, model_flags, preset, classifier, classifier_flags, classifier_preset
+        )
+    else:
+        if model_flags or preset:
+            raise EvalsuiteError("--model-flags/--preset given without --model")
+        from evalsuite.data import CLASS_NAMES
+
+        rows = _zoo_rows(classifier, classifier_flags, classifier_preset)
+        if reference is None:
+            reference = str(zoo.reference())
+        if judge is None and not no_judge:
+            judge = str(zoo.asset(zoo.JUDGE))
+        annotations["class_names"] = list(CLASS_NAMES)
+        click.echo(
+            f"no --model: sweeping the zoo ({zoo.ZOO_DIR}): unconditional = "
+            f"{Path(rows[0].model).name}, conditional = {Path(rows[1].model).name}, both guided "
+            f"by {Path(rows[0].classifier).name}; judge {Path(judge).name if judge else 'none'}; "
+            f"reference {reference}"
+        )
+    config = SweepConfig(
+        rows=rows,
+        reference=reference,
+        scales=scales,
+        samplers=samplers,
+        steps=steps,
+        num_samples=num_samples,
+        seed=seed,
+        classes=classes,
+        eta=eta,
+        metrics=chosen,
+        ref_stats=ref_stats,
+        judge=None if no_judge else judge,
+        bootstrap=bootstrap,
+        bootstrap_seed=bootstrap_seed,
+        inception_weights=inception_weights,
+        metric_options=MetricOptions(),
+    )
+    run_sweep(
+        config,
+        out,
+        batch_size=batch_size,
+        device=device,
+        keep_samples=keep_samples,
+        progress=not quiet,
+        annotations=annotations,
+        log=click.echo,
+    )
+    _finish(Path(out))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Run directory. Default: runs/ablate-<spec name>.",
+)
+@click.option(
+    "--absolute", is_flag=True, help="Show every row's FID, not differences from the baseline."
+)
+@run_options
+@handle_errors
+def ablate(
+    spec: str | None,
+    out: str | None,
+    absolute: bool,
+    batch_size: int,
+    keep_samples: bool,
+    device: str,
+    quiet: bool,
+) -> None:
+    """Compare architecture variants at several training points (the paper's Table 1).
+
+    SPEC is a TOML file listing the variants (checkpoints per training point, architecture)
+    and the shared sampling and evaluation settings; it is validated completely before any
+    work. Default: the zoo's ablation spec (evalsuite/zoo_assets/ablation.toml). The table
+    shows the architecture columns that differ, FID at each training point, the baseline in
+    absolute numbers and the other rows as differences (--absolute: every row absolute).
+
+    \b
+    Examples:
+      evalsuite ablate                                   # the zoo's variants
+      evalsuite ablate my_ablation.toml --out runs/ablation --device cuda
+      evalsuite report runs/ablation --absolute
+    """
+    from evalsuite import zoo
+    from evalsuite.ablate import load_spec, run_ablation
+
+    check_device(device)
+    if spec is None:
+        spec = str(zoo.asset(zoo.ABLATION_SPEC))
+        click.echo(f"no SPEC: using the zoo's ablation spec {spec}")
+    loaded = load_spec(spec)
+    run_dir = Path(out) if out else Path("runs") / f"ablate-{Path(spec).stem}"
+    click.echo(
+        f"{len(loaded.variants)} variants x {len(loaded.points)} training points "
+        f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}"
+    )
+    run_ablation(
+        loaded,
+        run_dir,
+        batch_size=batch_size,
+        device=device,
+        keep_samples=keep_samples,
+        progress=not quiet,
+        log=click.echo,
+    )
+    _finish(run_dir, absolute=absolute)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write tables and figures. Default: RUN_DIR/report.",
+)
+@click.option("--absolute", is_flag=True, help="Ablations: absolute FID in every row.")
+@handle_errors
+def report(run_dir: str, out: str | None, absolute: bool) -> None:
+    """Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) of a sweep or ablation run.
+
+    Sweeps: the Table-4 layout (model x guidance scale; FID, sFID, IS, precision, recall, class
+    agreement), trade-off curves and metrics vs scale. Ablations: the Table-1 layout and FID
+    per training point. Both: a grid of samples per class and scale (grid.png).
+
+    \b
+    Examples:
+      evalsuite report runs/sweep
+      evalsuite report runs/ablate-ablation --absolute --out paper/tables
+    """
+    from evalsuite.report import to_markdown, write_report
+
+    result = write_report(run_dir, out, absolute=absolute)
+    click.echo(result.table.caption)
+    click.echo(to_markdown(result.table))
+    for path in result.files:
+        click.echo(f"wrote {path}")

@@ -1,0 +1,745 @@
+"""`report`: paper-style tables and figures of a run directory (ADM protocol §7).
+
+Sweeps get the Table-4 layout (model x guidance scale rows; FID, sFID, IS, Precision, Recall and,
+when judged, class agreement), ablations the Table-1 layout (one row per variant, the
+architecture columns that differ, FID at each training point, the baseline in absolute numbers
+and the other rows as differences). Each table is written as Markdown, LaTeX (booktabs, best
+value per column in bold, arrows in the headers) and CSV (plain numbers: values and interval
+bounds). Bootstrap intervals are shown as ± half the width of the 95% interval.
+
+Figures (seaborn on matplotlib's Agg backend, PNG and PDF): the precision-recall and IS-FID
+trade-offs (FID vs scale when IS is unavailable) with points labelled by scale, each metric vs
+scale, FID vs training point for ablations, and a grid of samples per class and scale.
+pandas, seaborn and matplotlib are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evalsuite.errors import EvalsuiteError
+from evalsuite.sweep import read_config, read_records
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REPORT_DIR = "report"
+# Unicode minus for signed differences in Markdown.
+MINUS = "\u2212"
+FIGURE_DPI = 150
+# Samples of one class shown per scale in the sample grid, and the smallest tile edge in pixels.
+GRID_PER_CLASS = 4
+GRID_MIN_TILE = 48
+
+
+@dataclass(frozen=True)
+class ValueColumn:
+    """A numeric column: record key, header text, which direction is better, decimals shown."""
+
+    key: str
+    label: str
+    better: str
+    digits: int
+
+
+# Metric columns of the Table-4 layout, in the paper's order (+ KID and class agreement).
+METRIC_COLUMNS = (
+    ValueColumn("fid", "FID", "lower", 2),
+    ValueColumn("sfid", "sFID", "lower", 2),
+    ValueColumn("inception_score", "IS", "higher", 2),
+    ValueColumn("precision", "Precision", "higher", 3),
+    ValueColumn("recall", "Recall", "higher", 3),
+    ValueColumn("kid", "KID", "lower", 4),
+    ValueColumn("class_agreement", "Class agreement", "higher", 3),
+)
+
+# Architecture columns of the Table-1 layout: header, how to read it off a UNet config dict.
+ARCHITECTURE_COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("Channels", lambda c: c["num_channels"]),
+    ("Depth", lambda c: c["num_res_blocks"]),
+    ("Heads", lambda c: c["num_heads"] if c["num_head_channels"] == -1 else None),
+    (
+        "Channels per head",
+        lambda c: c["num_head_channels"] if c["num_head_channels"] != -1 else None,
+    ),
+    ("Attention resolutions", lambda c: ",".join(str(r) for r in c["attention_resolutions"])),
+    ("BigGAN up/down", lambda c: bool(c["resblock_updown"])),
+    ("AdaGN", lambda c: bool(c["use_scale_shift_norm"])),
+    ("Rescale residual", lambda c: bool(c.get("rescale_residual", False))),
+)
+
+
+@dataclass
+class RunResults:
+    """A run directory's configuration and its records (one row per finished cell)."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    records: pd.DataFrame
+
+    @property
+    def kind(self) -> str:
+        return self.config["identity"]["kind"]
+
+    @property
+    def annotations(self) -> dict[str, Any]:
+        return self.config.get("annotations") or {}
+
+
+def load_run(run_dir: str | Path) -> RunResults:
+    """Read RUN_DIR; an empty, foreign or unfinished directory raises `EvalsuiteError`."""
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalsuiteError(f"{run_dir}: no such run directory")
+    config = read_config(run_dir)
+    records = read_records(run_dir)
+    if not records:
+        raise EvalsuiteError(
+            f"{run_dir} has no finished cells yet (empty records.jsonl); rerun the sweep to finish one"
+        )
+    frame = pd.DataFrame(records)
+    grid = config["identity"]["grid"]
+    rows = [model["name"] for model in config["identity"]["models"]]
+    frame["_order"] = [
+        (
+            rows.index(r["model"]) if r["model"] in rows else len(rows),
+            grid["samplers"].index(r["sampler"]) if r["sampler"] in grid["samplers"] else 0,
+            grid["steps"].index(r["steps"]) if r["steps"] in grid["steps"] else 0,
+            r["guidance_scale"],
+        )
+        for r in records
+    ]
+    frame = frame.sort_values("_order", kind="stable").drop(columns="_order")
+    return RunResults(run_dir, config, frame.reset_index(drop=True))
+
+
+def _series_labels(frame: pd.DataFrame) -> list[str]:
+    """Model name, plus sampler and steps when the run has several of them."""
+    several = frame[["sampler", "steps"]].drop_duplicates().shape[0] > 1
+    return [
+        f"{m} ({s} {st})" if several else str(m)
+        for m, s, st in zip(frame["model"], frame["sampler"], frame["steps"], strict=True)
+    ]
+
+
+@dataclass
+class PaperTable:
+    """A table ready to render: label columns, numeric value columns and their intervals.
+
+    labels: one column per label (raw values, as written to CSV); values, ci_low, ci_high:
+    float frames with one column per `columns` key (NaN = not available); baseline: the row
+    shown in absolute numbers when `differences` is set (all other rows relative to it).
+    """
+
+    name: str
+    caption: str
+    labels: pd.DataFrame
+    columns: list[ValueColumn]
+    values: pd.DataFrame
+    ci_low: pd.DataFrame
+    ci_high: pd.DataFrame
+    baseline: int | None = None
+    differences: bool = False
+    label_formats: dict[str, Any] | None = None
+
+
+def _interval_frames(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import pandas as pd
+
+    low = pd.DataFrame(
+        {k: frame.get(f"{k}_ci_low", pd.Series([np.nan] * len(frame))) for k in keys}
+    )
+    high = pd.DataFrame(
+        {k: frame.get(f"{k}_ci_high", pd.Series([np.nan] * len(frame))) for k in keys}
+    )
+    return low.astype(float).reset_index(drop=True), high.astype(float).reset_index(drop=True)
+
+
+def _scale_text(scale: float) -> str:
+    return "none" if scale == 0 else f"{scale:g}"
+
+
+def table4(run: RunResults) -> PaperTable:
+    """The Table-4 layout: one row per model (x sampler/steps) x guidance scale."""
+    import pandas as pd
+
+    frame = run.records
+    several = frame[["sampler", "steps"]].drop_duplicates().shape[0] > 1
+    labels = {"Model": frame["model"].tolist()}
+    if several:
+        labels["Sampler"] = frame["sampler"].tolist()
+        labels["Steps"] = frame["steps"].tolist()
+    labels["Guidance scale"] = frame["guidance_scale"].astype(float).tolist()
+    columns = [
+        column
+        for column in METRIC_COLUMNS
+        if column.key in frame and frame[column.key].notna().any()
+    ]
+    keys = [column.key for column in columns]
+    values = frame[keys].astype(float).reset_index(drop=True)
+    low, high = _interval_frames(frame, keys)
+    samples = int(frame["num_samples"].iloc[0])
+    return PaperTable(
+        name="table4",
+        caption=f"Sample quality by model and classifier-guidance scale ({samples} samples per row).",
+        labels=pd.DataFrame(labels),
+        columns=columns,
+        values=values,
+        ci_low=low,
+        ci_high=high,
+        label_formats={"Guidance scale": _scale_text},
+    )
+
+
+def _architectures(run: RunResults) -> dict[str, dict[str, Any]]:
+    """Each variant's UNet config (from the run identity)."""
+    found: dict[str, dict[str, Any]] = {}
+    for model in run.config["identity"]["models"]:
+        if model.get("variant") is not None:
+            found.setdefault(model["variant"], model["model"]["config"])
+    return found
+
+
+def table1(run: RunResults, *, absolute: bool = False) -> PaperTable:
+    """The Table-1 layout: one row per variant, differing architecture columns, FID per point.
+
+    The baseline (annotation `baseline`, else the first variant) is shown in absolute FID and
+    the other rows as differences from it, unless `absolute`.
+    """
+    import pandas as pd
+
+    if run.kind != "ablate":
+        raise EvalsuiteError(f"{run.run_dir} is a {run.kind} run; Table 1 needs an ablation run")
+    frame = run.records
+    annotations = run.annotations
+    architectures = _architectures(run)
+    variants = [v for v in annotations.get("variants", architectures) if v in architectures]
+    points = annotations.get("points") or list(dict.fromkeys(frame["training_point"]))
+    baseline_name = annotations.get("baseline") or variants[0]
+    labels: dict[str, list[Any]] = {"Variant": variants}
+    for header, read in ARCHITECTURE_COLUMNS:
+        column = [read(architectures[v]) for v in variants]
+        if len({json_key(value) for value in column}) > 1:
+            labels[header] = column
+    columns, values, low, high = [], {}, {}, {}
+    for point in points:
+        key = f"fid@{point}"
+        columns.append(ValueColumn(key, f"FID {point}", "lower", 2))
+        per_variant = []
+        for variant in variants:
+            match = frame[(frame["variant"] == variant) & (frame["training_point"] == point)]
+            per_variant.append(match.iloc[0] if len(match) else None)
+        values[key] = [np.nan if r is None else _number(r.get("fid")) for r in per_variant]
+        low[key] = [np.nan if r is None else _number(r.get("fid_ci_low")) for r in per_variant]
+        high[key] = [np.nan if r is None else _number(r.get("fid_ci_high")) for r in per_variant]
+    samples = int(frame["num_samples"].iloc[0])
+    what = "absolute FID" if absolute else f"FID of {baseline_name}; other rows: difference from it"
+    return PaperTable(
+        name="table1",
+        caption=f"Architecture ablations ({samples} samples per cell; {what}).",
+        labels=pd.DataFrame(labels),
+        columns=columns,
+        values=pd.DataFrame(values, dtype=float),
+        ci_low=pd.DataFrame(low, dtype=float),
+        ci_high=pd.DataFrame(high, dtype=float),
+        baseline=variants.index(baseline_name),
+        differences=not absolute,
+    )
+
+
+def json_key(value: Any) -> str:
+    """A hashable text form of a label value (for telling whether a column differs)."""
+    return repr(value)
+
+
+def _number(value: Any) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _best_rows(table: PaperTable, key: str, better: str) -> set[int]:
+    column = table.values[key]
+    if column.isna().all():
+        return set()
+    best = column.min() if better == "lower" else column.max()
+    return set(np.flatnonzero(np.isclose(column.to_numpy(), best, rtol=0, atol=1e-12)))
+
+
+def _value_text(table: PaperTable, row: int, column: ValueColumn, latex: bool) -> str:
+    value = table.values.at[row, column.key]
+    if math.isnan(value):
+        return "--" if latex else "—"
+    relative = table.differences and table.baseline is not None and row != table.baseline
+    if relative:
+        value = value - table.values.at[table.baseline, column.key]
+        text = f"{value:+.{column.digits}f}"
+        sign, digits = text[0], text[1:]
+        text = (f"${sign}$" if latex else sign.replace("-", MINUS)) + digits
+    else:
+        text = f"{value:.{column.digits}f}"
+    low, high = table.ci_low.at[row, column.key], table.ci_high.at[row, column.key]
+    if not (math.isnan(low) or math.isnan(high)):
+        half = (high - low) / 2
+        text += f" $\\pm$ {half:.{column.digits}f}" if latex else f" ± {half:.{column.digits}f}"
+    if row in _best_rows(table, column.key, column.better):
+        text = f"\\textbf{{{text}}}" if latex else f"**{text}**"
+    return text
+
+
+def _label_text(table: PaperTable, header: str, value: Any, latex: bool) -> str:
+    formats = table.label_formats or {}
+    if header in formats:
+        text = formats[header](value)
+    elif value is None or (isinstance(value, float) and math.isnan(value)):
+        text = "--" if latex else "—"
+    elif isinstance(value, bool):
+        text = ("\\checkmark" if value else "$\\times$") if latex else ("✓" if value else "✗")
+        return text
+    else:
+        text = str(value)
+    return latex_escape(text) if latex else text
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    replacements = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
+    return "".join(replacements.get(char, char) for char in text)
+
+
+def _headers(table: PaperTable, latex: bool) -> list[str]:
+    arrows = (
+        {"lower": "$\\downarrow$", "higher": "$\\uparrow$"}
+        if latex
+        else {"lower": "↓", "higher": "↑"}
+    )
+    labels = [latex_escape(h) if latex else h for h in table.labels.columns]
+    values = [
+        f"{latex_escape(c.label) if latex else c.label} {arrows[c.better]}" for c in table.columns
+    ]
+    return labels + values
+
+
+def _rows(table: PaperTable, latex: bool) -> list[list[str]]:
+    rows = []
+    for row in range(len(table.labels)):
+        cells = [
+            _label_text(table, header, table.labels.at[row, header], latex)
+            for header in table.labels.columns
+        ]
+        cells += [_value_text(table, row, column, latex) for column in table.columns]
+        rows.append(cells)
+    return rows
+
+
+def to_markdown(table: PaperTable) -> str:
+    """A GitHub-flavoured Markdown table (labels left-aligned, numbers right-aligned)."""
+    headers = _headers(table, latex=False)
+    align = [":--"] * len(table.labels.columns) + ["--:"] * len(table.columns)
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join(cells) + " |" for cells in _rows(table, latex=False)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: PaperTable) -> str:
+    """A booktabs LaTeX table (pandas Styler), best value per column in bold.
+
+    Needs \\usepackage{booktabs} and amssymb (for \\checkmark) in the document.
+    """
+    import pandas as pd
+
+    display = pd.DataFrame(_rows(table, latex=True), columns=_headers(table, latex=True))
+    styler = display.style.hide(axis="index")
+    column_format = "l" * len(table.labels.columns) + "r" * len(table.columns)
+    latex = styler.to_latex(
+        hrules=True,
+        column_format=column_format,
+        caption=latex_escape(table.caption),
+        label=f"tab:{table.name}",
+        position="t",
+        position_float="centering",
+    )
+    return "% needs \\usepackage{booktabs} and \\usepackage{amssymb}\n" + latex
+
+
+def to_csv_frame(table: PaperTable) -> pd.DataFrame:
+    """The table as plain numbers: label columns, then each value with its interval bounds."""
+    import pandas as pd
+
+    frame = table.labels.copy()
+    frame.columns = [_csv_name(c) for c in frame.columns]
+    for column in table.columns:
+        frame[column.key] = table.values[column.key]
+        frame[f"{column.key}_ci_low"] = table.ci_low[column.key]
+        frame[f"{column.key}_ci_high"] = table.ci_high[column.key]
+    if table.baseline is not None:
+        frame["baseline"] = pd.Series(range(len(frame))) == table.baseline
+    return frame
+
+
+def _csv_name(header: str) -> str:
+    return header.lower().replace(" ", "_").replace("/", "_")
+
+
+def write_table(table: PaperTable, out_dir: Path) -> list[Path]:
+    """Write `<name>.md`, `<name>.tex` and `<name>.csv` into `out_dir`."""
+    from evalsuite.cache import atomic_path
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in (
+        ("md", f"{table.caption}\n\n{to_markdown(table)}"),
+        ("tex", to_latex(table)),
+    ):
+        path = out_dir / f"{table.name}.{suffix}"
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        written.append(path)
+    path = out_dir / f"{table.name}.csv"
+    with atomic_path(path) as tmp:
+        to_csv_frame(table).to_csv(tmp, index=False)
+    written.append(path)
+    return written
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="paper")
+    return plt
+
+
+def _save(figure: Any, out_dir: Path, stem: str) -> list[Path]:
+    from evalsuite.cache import atomic_path
+
+    paths = []
+    for suffix in ("png", "pdf"):
+        path = out_dir / f"{stem}.{suffix}"
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            figure.savefig(fh, format=suffix, dpi=FIGURE_DPI, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _errors(frame: pd.DataFrame, key: str) -> np.ndarray | None:
+    low, high = f"{key}_ci_low", f"{key}_ci_high"
+    if low not in frame or frame[low].isna().any():
+        return None
+    return (frame[high].to_numpy(float) - frame[low].to_numpy(float)) / 2
+
+
+def _series_plot(
+    ax: Any,
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    palette: dict[str, Any],
+    label_points: bool,
+    legend_title: str = "model",
+) -> None:
+    """One line per series with bootstrap error bars; points labelled by guidance scale."""
+    import seaborn as sns
+
+    sns.lineplot(
+        data=frame,
+        x=x,
+        y=y,
+        hue="series",
+        palette=palette,
+        marker="o",
+        sort=False,
+        estimator=None,
+        ax=ax,
+    )
+    if ax.get_legend() is not None:
+        ax.legend(title=legend_title)
+    for series, group in frame.groupby("series", sort=False):
+        xerr = _errors(group, x) if x != "guidance_scale" else None
+        yerr = _errors(group, y)
+        if xerr is not None or yerr is not None:
+            ax.errorbar(
+                group[x],
+                group[y],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="none",
+                ecolor=palette[series],
+                alpha=0.6,
+                capsize=2,
+            )
+        if label_points:
+            for _, point in group.iterrows():
+                ax.annotate(
+                    f"s={point['guidance_scale']:g}",
+                    (point[x], point[y]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+
+
+def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
+    """Trade-off curves and metric-vs-scale plots of a sweep (PNG and PDF)."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    frame = run.records.copy()
+    frame["series"] = _series_labels(frame)
+    palette = dict(
+        zip(
+            frame["series"].unique(),
+            sns.color_palette(n_colors=frame["series"].nunique()),
+            strict=True,
+        )
+    )
+    available = [c for c in METRIC_COLUMNS if c.key in frame and frame[c.key].notna().all()]
+    keys = {c.key for c in available}
+    label = {c.key: c.label for c in METRIC_COLUMNS} | {"guidance_scale": "guidance scale"}
+    pairs = []
+    if {"precision", "recall"} <= keys:
+        pairs.append(("recall", "precision"))
+    if {"inception_score", "fid"} <= keys:
+        pairs.append(("fid", "inception_score"))
+    elif "fid" in keys:
+        pairs.append(("guidance_scale", "fid"))
+    written = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if pairs:
+        figure, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+        for ax, (x, y) in zip(axes[0], pairs, strict=True):
+            _series_plot(ax, frame, x, y, palette, label_points=x != "guidance_scale")
+            ax.set_xlabel(label[x])
+            ax.set_ylabel(label[y])
+        figure.suptitle("Classifier guidance: trade-offs")
+        figure.tight_layout()
+        written += _save(figure, out_dir, "tradeoff")
+        plt.close(figure)
+    if available:
+        count = len(available)
+        figure, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.4), squeeze=False)
+        for ax, column in zip(axes[0], available, strict=True):
+            _series_plot(ax, frame, "guidance_scale", column.key, palette, label_points=False)
+            ax.set_xlabel("guidance scale")
+            ax.set_ylabel(
+                f"{column.label} ({'lower' if column.better == 'lower' else 'higher'} is better)"
+            )
+            if ax.get_legend() is not None and column is not available[-1]:
+                ax.get_legend().remove()
+        figure.tight_layout()
+        written += _save(figure, out_dir, "metrics_vs_scale")
+        plt.close(figure)
+    return written
+
+
+def plot_ablation(run: RunResults, out_dir: Path) -> list[Path]:
+    """FID at each training point, one line per variant, with bootstrap error bars."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    frame = run.records.copy()
+    points = run.annotations.get("points") or list(dict.fromkeys(frame["training_point"]))
+    frame["point"] = [points.index(p) for p in frame["training_point"]]
+    frame["series"] = frame["variant"]
+    frame = frame.sort_values("point", kind="stable")
+    palette = dict(
+        zip(
+            frame["series"].unique(),
+            sns.color_palette(n_colors=frame["series"].nunique()),
+            strict=True,
+        )
+    )
+    figure, ax = plt.subplots(figsize=(5.5, 4))
+    _series_plot(ax, frame, "point", "fid", palette, label_points=False, legend_title="variant")
+    ax.set_xticks(range(len(points)), [str(p) for p in points])
+    ax.set_xlabel("training point")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title("Architecture ablations")
+    figure.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = _save(figure, out_dir, "ablation_fid")
+    plt.close(figure)
+    return written
+
+
+@dataclass
+class Mosaic:
+    """Samples tiled into one uint8 (H', W', 3) image: rows of classes, blocks of columns.
+
+    rows: the class label of each row (None for rows of unlabelled samples); row_pitch and
+    column_pitch: pixels from one row (column block) to the next.
+    """
+
+    image: np.ndarray
+    rows: list[int | None]
+    row_pitch: int
+    column_pitch: int
+
+
+def grid_mosaic(
+    columns: list[tuple[np.ndarray, np.ndarray | None]], per_class: int = GRID_PER_CLASS
+) -> Mosaic:
+    """Tile samples: one row per class, one block of `per_class` samples per column (scale).
+
+    columns: for each column, uint8 (N, H, W, 3) images and their (N,) int labels (None for
+    unlabelled samples, which fill rows of `per_class` in order). Tiles are upscaled by an
+    integer factor to at least GRID_MIN_TILE pixels.
+    """
+    size = columns[0][0].shape[1]
+    factor = max(1, math.ceil(GRID_MIN_TILE / size))
+    tile = size * factor
+    gap = max(2, tile // 8)
+    rows: list[int | None]
+    if all(labels is not None for _, labels in columns):
+        rows = sorted({int(c) for _, labels in columns for c in labels})
+        picked = [[images[labels == c][:per_class] for c in rows] for images, labels in columns]
+    else:
+        count = max(math.ceil(len(images) / per_class) for images, _ in columns)
+        rows = [None] * count
+        picked = [
+            [images[r * per_class : (r + 1) * per_class] for r in range(count)]
+            for images, _ in columns
+        ]
+    block = per_class * tile
+    mosaic = np.full(
+        (len(rows) * tile + (len(rows) - 1) * gap, len(columns) * (block + gap) - gap, 3),
+        255,
+        dtype=np.uint8,
+    )
+    for col, blocks in enumerate(picked):
+        for row, images in enumerate(blocks):
+            for i, image in enumerate(images):
+                top, left = row * (tile + gap), col * (block + gap) + i * tile
+                big = image.repeat(factor, axis=0).repeat(factor, axis=1)
+                mosaic[top : top + tile, left : left + tile] = big
+    return Mosaic(mosaic, rows, tile + gap, block + gap)
+
+
+def _thumbs(run: RunResults, cell: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    path = run.run_dir / "thumbs" / f"{cell}.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        return data["images"], (data["labels"] if "labels" in data.files else None)
+
+
+def _class_name(label: int | None, class_names: list[str] | None) -> str:
+    if label is None:
+        return ""
+    if class_names and label < len(class_names):
+        return class_names[label]
+    return f"class {label}"
+
+
+def plot_sample_grid(run: RunResults, out_dir: Path) -> list[Path]:
+    """grid.png: per model (sweeps) or variant (ablations), samples per class and per column.
+
+    Sweep panels have one column per guidance scale; ablation panels one per training point.
+    The same sample index is shown in every column (same class and initial noise).
+    """
+    plt = _pyplot()
+    frame = run.records.copy()
+    ablation = run.kind == "ablate"
+    frame["series"] = frame["variant"] if ablation else _series_labels(frame)
+    class_names = run.annotations.get("class_names")
+    panels = []
+    for series, group in frame.groupby("series", sort=False):
+        columns, titles = [], []
+        for _, record in group.iterrows():
+            thumbs = _thumbs(run, record["cell"])
+            if thumbs is not None:
+                columns.append(thumbs)
+                titles.append(
+                    str(record["training_point"])
+                    if ablation
+                    else f"s = {record['guidance_scale']:g}"
+                )
+        if columns:
+            panels.append((series, columns, titles))
+    if not panels:
+        return []
+    mosaics = [(series, grid_mosaic(columns), titles) for series, columns, titles in panels]
+    heights = [m.image.shape[0] for _, m, _ in mosaics]
+    width = max(m.image.shape[1] for _, m, _ in mosaics)
+    figure, axes = plt.subplots(
+        len(mosaics),
+        1,
+        figsize=(max(4.0, width / 60), sum(heights) / 60 + 0.8 * len(mosaics)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (series, mosaic, titles) in zip(axes[:, 0], mosaics, strict=True):
+        ax.imshow(mosaic.image, interpolation="nearest")
+        ax.grid(False)
+        ax.set_xticks([mosaic.column_pitch * (i + 0.5) for i in range(len(titles))], titles)
+        ax.set_yticks(
+            [mosaic.row_pitch * (i + 0.5) for i in range(len(mosaic.rows))],
+            [_class_name(row, class_names) for row in mosaic.rows],
+        )
+        ax.set_title(str(series))
+        for side in ("top", "right", "bottom", "left"):
+            ax.spines[side].set_visible(False)
+    figure.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "grid.png"
+    from evalsuite.cache import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
+    plt.close(figure)
+    return [path]
+
+
+@dataclass
+class Report:
+    """What `write_report` produced: the main table and every file written."""
+
+    table: PaperTable
+    files: list[Path]
+
+
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, *, absolute: bool = False
+) -> Report:
+    """Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) of RUN_DIR into OUT (RUN_DIR/report).
+
+    Sweeps: table4.*, tradeoff.*, metrics_vs_scale.*, grid.png. Ablations: table1.*
+    (differences from the baseline unless `absolute`), table4.* of every cell,
+    ablation_fid.*, grid.png.
+    """
+    run = load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.run_dir / REPORT_DIR
+    files: list[Path] = []
+    cells = table4(run)
+    files += write_table(cells, out)
+    if run.kind == "ablate":
+        main = table1(run, absolute=absolute)
+        files += write_table(main, out)
+        files += plot_ablation(run, out)
+    else:
+        main = cells
+        files += plot_sweep(run, out)
+    files += plot_sample_grid(run, out)
+    return Report(main, files)

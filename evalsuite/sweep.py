@@ -1,0 +1,690 @@
+"""`sweep`: sample and score a grid of models x samplers x step counts x guidance scales.
+
+Every cell of the grid is sampled with the same seed, so sample i has the same class and initial
+noise at every guidance scale and only the scale changes (ADM protocol §5; `evalsuite.sample`).
+Each cell's samples are scored against one reference (ADM protocol §2) with bootstrap intervals
+(`evalsuite.bootstrap`) and, given a judge, class agreement (`evalsuite.judge`).
+
+A run directory is the results store:
+
+    config.json      the resolved configuration, its identity (compared on every rerun),
+                     versions and the sha256 of every checkpoint, the reference and the weights
+    records.jsonl    one flat JSON record per finished cell (configuration, metrics,
+                     intervals, timings), rewritten atomically after each cell
+    samples/         <cell>.npz while its cell runs (resumable parts; kept with keep_samples)
+    thumbs/          <cell>.npz: the first samples of each class, for the sample grid
+    report/          tables and figures (`evalsuite.report`)
+
+Rerunning the same configuration into the same directory skips finished cells; an unfinished
+cell resumes from its sample parts, and its features come from the feature cache. A different
+configuration is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evalsuite import __version__
+from evalsuite.batches import open_images
+from evalsuite.bootstrap import (
+    PreparedReference,
+    SampleScorer,
+    bootstrap_intervals,
+    prepare_reference,
+)
+from evalsuite.cache import atomic_path
+from evalsuite.errors import EvalsuiteError
+from evalsuite.evaluate import (
+    MetricOptions,
+    check_pr_size,
+    check_reference,
+    load_inception,
+    make_computer,
+    parse_metrics,
+    provenance,
+    resolve_reference,
+    versions,
+)
+from evalsuite.judge import check_judge, class_agreement, judge_predictions, load_judge
+from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
+from evalsuite.models.config import config_to_dict
+from evalsuite.reference import Reference, load_reference
+from evalsuite.sample import (
+    SAMPLERS,
+    SamplingModels,
+    SamplingSettings,
+    generate,
+    sidecar_path,
+)
+
+RUN_FORMAT = "evalsuite-run"
+RUN_VERSION = 1
+CONFIG_NAME = "config.json"
+RECORDS_NAME = "records.jsonl"
+# Samples of each class kept per cell for the sample grid (and rows of unlabelled samples).
+THUMBS_PER_CLASS = 4
+THUMB_ROWS_UNLABELLED = 8
+# Characters allowed in model (row) names: they become part of file names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+@-]*$")
+KINDS = ("sweep", "ablate")
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0): finite, >= 0, no repeats; anything else raises."""
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise EvalsuiteError(
+            f"--scales {text!r} is not a comma list of guidance scales; e.g. --scales 0,0.5,1,2,4"
+        )
+    scales = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise EvalsuiteError(
+                f"--scales: {item!r} is not a number; give a comma list such as 0,0.5,1,2,4"
+            ) from None
+        if not math.isfinite(value) or value < 0:
+            raise EvalsuiteError(f"--scales: {item} is not a finite scale >= 0; e.g. 0,1,4")
+        scales.append(value)
+    if len(set(scales)) != len(scales):
+        raise EvalsuiteError(f"--scales {text!r} repeats a scale; list each scale once")
+    return tuple(scales)
+
+
+def parse_list(text: str, option: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """'ddpm,ddim' -> ('ddpm', 'ddim'), checked against `choices`; no empty items or repeats."""
+    items = tuple(item.strip() for item in text.split(","))
+    if not text.strip() or any(not item for item in items):
+        raise EvalsuiteError(f"{option} {text!r} is not a comma list of values")
+    if choices is not None:
+        bad = [item for item in items if item not in choices]
+        if bad:
+            raise EvalsuiteError(
+                f"{option}: {bad[0]!r} is not one of {', '.join(choices)}; e.g. {option} "
+                + ",".join(choices)
+            )
+    if len(set(items)) != len(items):
+        raise EvalsuiteError(f"{option} {text!r} repeats a value; list each once")
+    return items
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One model of the grid: a diffusion checkpoint and the classifier that guides it (if any).
+
+    name labels the row in tables and file names; variant/training_point are set for ablation
+    rows (the variant's name and the label of the training point, e.g. "700K").
+    """
+
+    name: str
+    model: str
+    model_flags: str | None = None
+    preset: str | None = None
+    classifier: str | None = None
+    classifier_flags: str | None = None
+    classifier_preset: str | None = None
+    variant: str | None = None
+    training_point: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that determines the records of a run (the run directory's identity)."""
+
+    rows: tuple[ModelRow, ...]
+    reference: str
+    scales: tuple[float, ...] = (0.0,)
+    samplers: tuple[str, ...] = ("ddim",)
+    steps: tuple[str, ...] = ("ddim25",)
+    num_samples: int = 200
+    seed: int = 0
+    classes: str = "uniform"
+    eta: float = 0.0
+    precision: str = "fp32"
+    metrics: tuple[str, ...] = ("fid", "sfid", "is", "pr")
+    ref_stats: str = "auto"
+    judge: str | None = None
+    bootstrap: int = 100
+    bootstrap_seed: int = 0
+    inception_weights: str | None = None
+    metric_options: MetricOptions = field(default_factory=MetricOptions)
+    kind: str = "sweep"
+
+    def validate(self) -> None:
+        """Reject a malformed configuration (no files are read)."""
+        if self.kind not in KINDS:
+            raise EvalsuiteError(f"run kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if not self.rows:
+            raise EvalsuiteError("no models to sweep; give --model (or none for the zoo)")
+        names = [row.name for row in self.rows]
+        for name in names:
+            if not NAME_PATTERN.match(name):
+                raise EvalsuiteError(
+                    f"model name {name!r} may only hold letters, digits and . _ + @ -"
+                )
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise EvalsuiteError(f"model name {duplicates[0]!r} is used twice; names must differ")
+        if not self.scales:
+            raise EvalsuiteError("no guidance scales; e.g. --scales 0,1,4")
+        for scale in self.scales:
+            if not math.isfinite(scale) or scale < 0:
+                raise EvalsuiteError(f"guidance scale {scale} is not a finite number >= 0")
+        if len(set(self.scales)) != len(self.scales):
+            raise EvalsuiteError("a guidance scale is listed twice")
+        for sampler in self.samplers:
+            if sampler not in SAMPLERS:
+                raise EvalsuiteError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if not self.samplers or not self.steps:
+            raise EvalsuiteError("give at least one sampler and one step count")
+        if self.num_samples < 2:
+            raise EvalsuiteError(
+                f"--num-samples must be >= 2 (metrics need a covariance), got {self.num_samples}"
+            )
+        parse_metrics(list(self.metrics))
+        if "pr" in self.metrics:
+            check_pr_size("samples", self.num_samples, self.metric_options)
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise EvalsuiteError(
+                f"--bootstrap must be 0 (off) or >= 2 resamples, got {self.bootstrap}"
+            )
+
+    def settings(self, cell: Cell) -> SamplingSettings:
+        """The sampling settings of one grid cell."""
+        return SamplingSettings(
+            num_samples=self.num_samples,
+            sampler=cell.sampler,
+            steps=cell.steps,
+            eta=self.eta,
+            guidance_scale=cell.guidance_scale,
+            classes=self.classes,
+            seed=self.seed,
+            precision=self.precision,
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a model row, a sampler, a respacing and a guidance scale."""
+
+    row: ModelRow
+    sampler: str
+    steps: str
+    guidance_scale: float
+
+    @property
+    def name(self) -> str:
+        """File-name-safe identifier, e.g. 'conditional_ddim-ddim25_s1.5'."""
+        steps = re.sub(r"[^A-Za-z0-9]+", "-", self.steps) or "all"
+        return f"{self.row.name}_{self.sampler}-{steps}_s{self.guidance_scale:g}"
+
+    def describe(self) -> str:
+        return (
+            f"{self.row.name}, {self.sampler} {self.steps or 'all steps'}, "
+            f"scale {self.guidance_scale:g}"
+        )
+
+
+def grid_cells(config: SweepConfig) -> list[Cell]:
+    """The cells of the grid in run order: rows, then samplers, step counts, scales."""
+    return [
+        Cell(row, sampler, steps, scale)
+        for row, sampler, steps, scale in itertools.product(
+            config.rows, config.samplers, config.steps, config.scales
+        )
+    ]
+
+
+def _load_row(row: ModelRow) -> SamplingModels:
+    for path, what in ((row.model, "model"), (row.classifier, "classifier")):
+        if path is not None and not Path(path).is_file():
+            raise EvalsuiteError(f"{row.name}: {what} checkpoint {path} does not exist")
+    if row.classifier is None and (row.classifier_flags or row.classifier_preset):
+        raise EvalsuiteError(
+            f"{row.name}: classifier flags/preset given without a classifier checkpoint"
+        )
+    model = load_checkpoint(row.model, "unet", flags=row.model_flags, preset=row.preset)
+    classifier = None
+    if row.classifier is not None:
+        classifier = load_checkpoint(
+            row.classifier, "classifier", flags=row.classifier_flags, preset=row.classifier_preset
+        )
+    return SamplingModels(model=model, classifier=classifier)
+
+
+def check_grid(config: SweepConfig, models: dict[str, SamplingModels]) -> None:
+    """Check every cell against its models (classifier present when guided, respacing valid)."""
+    image_sizes = {name: m.model.model_config.image_size for name, m in models.items()}
+    if len(set(image_sizes.values())) > 1:
+        listed = ", ".join(f"{name} {size}x{size}" for name, size in image_sizes.items())
+        raise EvalsuiteError(
+            f"the models generate different resolutions ({listed}); one sweep scores every "
+            "model against one reference, so sweep each resolution separately"
+        )
+    for cell in grid_cells(config):
+        row_models = models[cell.row.name]
+        if cell.guidance_scale > 0 and row_models.classifier is None:
+            raise EvalsuiteError(
+                f"model {cell.row.name} has no classifier, but the scales include "
+                f"{cell.guidance_scale:g}; give --classifier PATH or use --scales 0"
+            )
+        try:
+            row_models.check(config.settings(cell))
+        except EvalsuiteError as error:
+            raise EvalsuiteError(f"model {cell.row.name}: {error}") from None
+
+
+def _sha256_entry(loaded: LoadedModel | None) -> dict[str, Any] | None:
+    if loaded is None:
+        return None
+    return {
+        "sha256": loaded.sha256,
+        "config": config_to_dict(loaded.model_config),
+        "diffusion": config_to_dict(loaded.diffusion_config),
+    }
+
+
+def run_identity(
+    config: SweepConfig,
+    models: dict[str, SamplingModels],
+    judge: LoadedModel | None,
+    reference: Reference,
+    weights_sha256: str,
+    device: str,
+) -> dict[str, Any]:
+    """What identifies a run: the grid, the settings, and the content of every input file.
+
+    Paths are not part of it (moving a checkpoint does not change results); sha256s are.
+    """
+    identity = {
+        "kind": config.kind,
+        "grid": {
+            "scales": list(config.scales),
+            "samplers": list(config.samplers),
+            "steps": list(config.steps),
+        },
+        "sampling": {
+            "num_samples": config.num_samples,
+            "seed": config.seed,
+            "classes": config.classes,
+            "eta": config.eta,
+            "precision": config.precision,
+        },
+        "evaluation": {
+            "metrics": list(config.metrics),
+            "ref_stats": config.ref_stats,
+            "bootstrap": config.bootstrap,
+            "bootstrap_seed": config.bootstrap_seed,
+            "options": dataclasses.asdict(config.metric_options),
+        },
+        "models": [
+            {
+                "name": row.name,
+                "variant": row.variant,
+                "training_point": row.training_point,
+                "model": _sha256_entry(models[row.name].model),
+                "classifier": _sha256_entry(models[row.name].classifier),
+            }
+            for row in config.rows
+        ],
+        "judge_sha256": None if judge is None else judge.sha256,
+        "reference_sha256": reference.fingerprint(),
+        "inception_sha256": weights_sha256,
+        "device_type": torch.device(device).type,
+    }
+    return json.loads(json.dumps(identity))
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in list(dict.fromkeys([*old, *new])):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json; a directory without one is not a run directory."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise EvalsuiteError(
+            f"{run_dir} is not an evalsuite run directory (no {CONFIG_NAME}); "
+            "give a directory written by `evalsuite sweep` or `evalsuite ablate`"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise EvalsuiteError(f"{path}: unreadable run configuration ({error})") from None
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
+        raise EvalsuiteError(
+            f"{path} is not an evalsuite run configuration (format {RUN_FORMAT!r} expected)"
+        )
+    return config
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of the finished cells, in the order they finished."""
+    path = Path(run_dir) / RECORDS_NAME
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise EvalsuiteError(
+                    f"{path}:{number} is not a JSON record; the file was edited or damaged"
+                ) from None
+    return records
+
+
+def _append_record(run_dir: Path, record: dict[str, Any]) -> None:
+    lines = [json.dumps(r, sort_keys=False) for r in [*read_records(run_dir), record]]
+    with atomic_path(run_dir / RECORDS_NAME) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def open_run_dir(
+    run_dir: Path, identity: dict[str, Any], details: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the run directory, or check that it holds the same configuration.
+
+    Writes config.json (identity + details) for a new run; for an existing run refuses a
+    different identity and refreshes the details (annotations such as the ablation baseline).
+    """
+    path = run_dir / CONFIG_NAME
+    if path.exists():
+        existing = read_config(run_dir)
+        diffs = _differences(existing.get("identity"), identity)
+        if diffs:
+            raise EvalsuiteError(
+                f"{run_dir} holds a run with a different configuration ({'; '.join(diffs[:3])}); "
+                "use another --out, or delete the directory to start over"
+            )
+        created = existing.get("created")
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise EvalsuiteError(
+                f"--out {run_dir} is not empty and not an evalsuite run directory; "
+                "choose a new or empty directory"
+            )
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    config = {
+        "format": RUN_FORMAT,
+        "version": RUN_VERSION,
+        "created": created,
+        "identity": identity,
+        **details,
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+@dataclass
+class _Runtime:
+    """What a run loads once: models, judge, Inception, and the lazily prepared reference."""
+
+    config: SweepConfig
+    run_dir: Path
+    models: dict[str, SamplingModels]
+    judge: LoadedModel | None
+    reference: Reference
+    ref_mode: str
+    computer: Any
+    device: str
+    batch_size: int
+    progress: bool
+    prepared: PreparedReference | None = None
+
+
+def _prepare(runtime: _Runtime) -> tuple[PreparedReference, float, float]:
+    """The prepared reference, and the (features, metrics) seconds spent on it in this call."""
+    if runtime.prepared is not None:
+        return runtime.prepared, 0.0, 0.0
+    started = time.perf_counter()
+    side = resolve_reference(
+        runtime.reference, runtime.config.metrics, runtime.ref_mode, runtime.computer
+    )
+    feature_seconds = time.perf_counter() - started
+    runtime.prepared = prepare_reference(
+        side, runtime.config.metrics, runtime.config.metric_options, runtime.device
+    )
+    return runtime.prepared, feature_seconds, runtime.prepared.seconds
+
+
+def _judge_and_thumbs(
+    runtime: _Runtime, source: Any, labels: np.ndarray | None
+) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """One pass over the samples: judge predictions and the thumbnails of the sample grid."""
+    if labels is not None:
+        keep = np.concatenate(
+            [np.flatnonzero(labels == c)[:THUMBS_PER_CLASS] for c in np.unique(labels)]
+        )
+    else:
+        keep = np.arange(min(source.num_images, THUMBS_PER_CLASS * THUMB_ROWS_UNLABELLED))
+    keep = np.sort(keep)
+    predictions, thumbs, start = [], [], 0
+    for batch in source.iter_batches(256):
+        if runtime.judge is not None:
+            predictions.append(judge_predictions(runtime.judge, batch, device=runtime.device))
+        inside = keep[(keep >= start) & (keep < start + len(batch))]
+        thumbs.append(np.array(batch[inside - start]))
+        start += len(batch)
+    thumbnails = {"images": np.concatenate(thumbs), "indices": keep}
+    if labels is not None:
+        thumbnails["labels"] = labels[keep]
+    predicted = np.concatenate(predictions) if predictions else None
+    agreement = None
+    if predicted is not None and labels is not None:
+        agreement = class_agreement(predicted, labels)
+    return agreement, thumbnails
+
+
+def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
+    config, run_dir = runtime.config, runtime.run_dir
+    models = runtime.models[cell.row.name]
+    samples_path = run_dir / "samples" / f"{cell.name}.npz"
+    parts = samples_path.with_name(samples_path.name + ".parts")
+    resumed = samples_path.exists() or parts.exists()
+
+    started = time.perf_counter()
+    generate(
+        models,
+        config.settings(cell),
+        samples_path,
+        batch_size=runtime.batch_size,
+        device=runtime.device,
+        progress=runtime.progress,
+        extra_record={"cell": cell.name},
+    )
+    sampling_seconds = time.perf_counter() - started
+
+    prepared, reference_feature_seconds, reference_metric_seconds = _prepare(runtime)
+    started = time.perf_counter()
+    source = open_images(samples_path, role="samples")
+    features = runtime.computer.compute(source, desc=f"features {cell.name}")
+    features_seconds = time.perf_counter() - started + reference_feature_seconds
+
+    started = time.perf_counter()
+    labels = source.labels()
+    agreement, thumbnails = _judge_and_thumbs(runtime, source, labels)
+    scorer = SampleScorer(features, prepared, agreement, runtime.device)
+    scores = scorer.scores()
+    bootstrap_started = time.perf_counter()
+    intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
+    bootstrap_seconds = time.perf_counter() - bootstrap_started
+    metrics_seconds = time.perf_counter() - started + reference_metric_seconds
+
+    with atomic_path(run_dir / "thumbs" / f"{cell.name}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **thumbnails)
+    model, classifier = models.model, models.classifier
+    record: dict[str, Any] = {
+        "cell": cell.name,
+        "kind": config.kind,
+        "model": cell.row.name,
+        "variant": cell.row.variant,
+        "training_point": cell.row.training_point,
+        "sampler": cell.sampler,
+        "steps": cell.steps,
+        "guidance_scale": cell.guidance_scale,
+        "num_samples": config.num_samples,
+        "seed": config.seed,
+        "classes": config.classes,
+        "eta": config.eta,
+        "network_precision": config.precision,
+        "class_cond": bool(getattr(model.model_config, "class_cond", False)),
+        "model_path": str(model.path),
+        "model_sha256": model.sha256,
+        "model_step": model.step,
+        "classifier_path": None if classifier is None else str(classifier.path),
+        "classifier_sha256": None if classifier is None else classifier.sha256,
+        "judge_sha256": None if runtime.judge is None else runtime.judge.sha256,
+        "metrics": list(config.metrics),
+        **scores,
+        "bootstrap": config.bootstrap,
+        "bootstrap_seed": config.bootstrap_seed,
+        **intervals,
+        "sampling_seconds": round(sampling_seconds, 3),
+        "features_seconds": round(features_seconds, 3),
+        "metrics_seconds": round(metrics_seconds, 3),
+        "bootstrap_seconds": round(bootstrap_seconds, 3),
+        "resumed": resumed,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _append_record(run_dir, record)
+    return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+    shown = [
+        ("FID", "fid", 2),
+        ("sFID", "sfid", 2),
+        ("IS", "inception_score", 2),
+        ("P", "precision", 3),
+        ("R", "recall", 3),
+        ("KID", "kid", 4),
+        ("agreement", "class_agreement", 3),
+    ]
+    parts = [
+        f"{label} {record[key]:.{digits}f}"
+        for label, key, digits in shown
+        if record.get(key) is not None
+    ]
+    seconds = record["sampling_seconds"] + record["features_seconds"] + record["metrics_seconds"]
+    return f"{', '.join(parts)} ({seconds:.1f} s)"
+
+
+def run_sweep(
+    config: SweepConfig,
+    run_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    keep_samples: bool = False,
+    progress: bool = True,
+    annotations: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run (or finish) every cell of `config` into `run_dir`; returns the records in grid order.
+
+    Everything is validated (configuration, files, models against the grid, judge, reference,
+    Inception weights) before the first sample is drawn. `annotations` (e.g. the ablation
+    baseline) are stored in config.json for the report but are not part of the identity.
+    """
+    config.validate()
+    if batch_size < 1:
+        raise EvalsuiteError(f"--batch-size must be >= 1, got {batch_size}")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EvalsuiteError(f"--out {run_dir} is a file; give a directory")
+    reference = load_reference(config.reference)
+    ref_mode = check_reference(reference, config.metrics, config.ref_stats, config.metric_options)
+    models = {row.name: _load_row(row) for row in config.rows}
+    check_grid(config, models)
+    judge = None
+    if config.judge is not None:
+        judge = load_judge(config.judge)
+        guiding = tuple(m.classifier.sha256 for m in models.values() if m.classifier is not None)
+        for name, row_models in models.items():
+            try:
+                check_judge(
+                    judge,
+                    image_size=row_models.model.model_config.image_size,
+                    num_classes=row_models.num_classes,
+                    guiding_sha256=guiding,
+                )
+            except EvalsuiteError as error:
+                raise EvalsuiteError(f"model {name}: {error}") from None
+    weights, extractor = load_inception(config.inception_weights, device)
+    identity = run_identity(config, models, judge, reference, weights.sha256, device)
+    info, notes = provenance(weights, reference)
+    if "is" not in config.metrics:
+        notes = [note for note in notes if not note.startswith("Inception Score")]
+    details = {
+        "evalsuite": __version__,
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "files": {
+            "reference": {"path": str(reference.path), "sha256": identity["reference_sha256"]},
+            "inception": {
+                "path": info["weights_path"],
+                "sha256": weights.sha256,
+                "source": weights.source,
+                "has_logits": weights.has_logits,
+            },
+            "judge": None if judge is None else {"path": str(judge.path), "sha256": judge.sha256},
+            "models": {
+                name: {
+                    "model": {"path": str(m.model.path), "sha256": m.model.sha256},
+                    "classifier": None
+                    if m.classifier is None
+                    else {"path": str(m.classifier.path), "sha256": m.classifier.sha256},
+                }
+                for name, m in models.items()
+            },
+        },
+        "reference_mode": ref_mode,
+        "versions": versions(),
+        "notes": notes,
+        "annotations": annotations or {},
+    }
+    open_run_dir(run_dir, identity, details)
+    for note in notes:
+        log(f"note: {note}")
+
+    cells = grid_cells(config)
+    done = {record["cell"] for record in read_records(run_dir)}
+    todo = [cell for cell in cells if cell.name not in done]
+    if done:
+        log(f"{run_dir}: {len(cells) - len(todo)} of {len(cells)} cells already finished")
+    computer = make_computer(weights, extractor, device=device, batch_size=64, progress=progress)
+    runtime = _Runtime(
+        config, run_dir, models, judge, reference, ref_mode, computer, device, batch_size, progress
+    )
+    for cell in todo:
+        position = cells.index(cell) + 1
+        log(f"[{position}/{len(cells)}] {cell.describe()}")
+        record = _run_cell(runtime, cell)
+        log(f"[{position}/{len(cells)}] {cell.describe()}: {_summary(record)}")
+        if not keep_samples:
+            samples_path = run_dir / "samples" / f"{cell.name}.npz"
+            samples_path.unlink(missing_ok=True)
+            sidecar_path(samples_path).unlink(missing_ok=True)
+    order = {cell.name: i for i, cell in enumerate(cells)}
+    return sorted(read_records(run_dir), key=lambda record: order.get(record["cell"], len(order)))
