@@ -61,7 +61,13 @@ def main() -> None:
 
 def _register_commands() -> None:
     # Command modules import their heavy dependencies lazily inside the callbacks.
-    from evalsuite.cli import commands_eval, commands_sample, commands_sweep, commands_zoo  # noqa: F401
+    from evalsuite.cli import (  # noqa: F401
+        commands_eval,
+        commands_regress,
+        commands_sample,
+        commands_sweep,
+        commands_zoo,
+    )
 
 
 _register_commands()
