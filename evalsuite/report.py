@@ -298,7 +298,7 @@ def _label_text(table: PaperTable, header: str, value: Any, latex: bool) -> str:
         text = formats[header](value)
     elif value is None or (isinstance(value, float) and math.isnan(value)):
         text = "--" if latex else "—"
-    elif isinstance(value, bool):
+    elif isinstance(value, (bool, np.bool_)):
         text = ("\\checkmark" if value else "$\\times$") if latex else ("✓" if value else "✗")
         return text
     else:
@@ -538,9 +538,12 @@ def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
         written += _save(figure, out_dir, "tradeoff")
         plt.close(figure)
     if available:
-        count = len(available)
-        figure, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.4), squeeze=False)
-        for ax, column in zip(axes[0], available, strict=True):
+        ncols = min(3, len(available))
+        nrows = math.ceil(len(available) / ncols)
+        figure, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.4 * nrows), squeeze=False)
+        for ax in axes.flat[len(available) :]:
+            ax.set_visible(False)
+        for ax, column in zip(axes.flat, available, strict=False):
             _series_plot(ax, frame, "guidance_scale", column.key, palette, label_points=False)
             ax.set_xlabel("guidance scale")
             ax.set_ylabel(
@@ -607,12 +610,17 @@ def grid_mosaic(
     unlabelled samples, which fill rows of `per_class` in order). Tiles are upscaled by an
     integer factor to at least GRID_MIN_TILE pixels.
     """
+    labelled = all(labels is not None for _, labels in columns)
+    if labelled:
+        # Blocks only as wide as the largest class needs.
+        largest = max(int(np.bincount(labels).max()) for _, labels in columns if len(labels))
+        per_class = min(per_class, largest)
     size = columns[0][0].shape[1]
     factor = max(1, math.ceil(GRID_MIN_TILE / size))
     tile = size * factor
     gap = max(2, tile // 8)
     rows: list[int | None]
-    if all(labels is not None for _, labels in columns):
+    if labelled:
         rows = sorted({int(c) for _, labels in columns for c in labels})
         picked = [[images[labels == c][:per_class] for c in rows] for images, labels in columns]
     else:
