@@ -247,9 +247,7 @@ def _flags_from_table(reader: _SpecReader, table: Any, key: str) -> str:
         raise reader.fail(key, "expected a table of architecture flags, e.g. num_channels = 32")
     parts = []
     for name, value in table.items():
-        if isinstance(value, bool):
-            text = str(value)
-        elif isinstance(value, (int, float, str)):
+        if isinstance(value, (bool, int, float, str)):
             text = str(value)
         elif isinstance(value, list) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
@@ -257,7 +255,8 @@ def _flags_from_table(reader: _SpecReader, table: Any, key: str) -> str:
             text = ",".join(str(v) for v in value)
         else:
             raise reader.fail(
-                f"{key}.{name}", f"expected a number, string, boolean or list, got {_kind(value)}"
+                f"{key}.{name}",
+                f"expected a number, string, boolean or list of numbers, got {_kind(value)}",
             )
         parts.append(f"--{name} {text}")
     return " ".join(parts)

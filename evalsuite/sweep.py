@@ -350,12 +350,25 @@ def run_identity(
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves that differ, with both values shortened for one line."""
     if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in list(dict.fromkeys([*old, *new])):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return found
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+        keys = list(dict.fromkeys([*old, *new]))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        if all(isinstance(item, dict) for item in old + new):
+            return [
+                d
+                for i, pair in enumerate(zip(old, new, strict=True))
+                for d in _differences(*pair, f"{prefix}{i}.")
+            ]
+    if old == new:
+        return []
+
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
