@@ -192,6 +192,9 @@ class Baseline:
 # Reading baseline files
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 class _Reader:
     """Typed access to a TOML table that names the file and the key path in every error."""
 
@@ -226,7 +229,7 @@ class _Reader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise EvalsuiteError(
-                f"{self.path}: `{self.key(name)}` is {value!r}; expected a {kind.__name__}"
+                f"{self.path}: `{self.key(name)}` is {value!r}; expected {_KIND_NAMES[kind]}"
             )
         if kind is float and not math.isfinite(value):
             raise EvalsuiteError(
@@ -284,7 +287,7 @@ def _read_checkpoint(reader: _Reader, lenient_hash: bool) -> CheckpointEntry:
     )
 
 
-def _read_tolerance(reader: _Reader, metric: str) -> Tolerance:
+def _read_tolerance(reader: _Reader) -> Tolerance:
     kinds = [kind for kind in TOLERANCE_KINDS if kind in reader.table]
     if len(kinds) != 1:
         raise EvalsuiteError(
@@ -392,7 +395,7 @@ def load_baseline(path: str | os.PathLike[str], *, for_update: bool = False) -> 
     for name in metrics_reader.table:
         reader = metrics_reader.sub(name)
         reader.reject_unknown(("expected", "bound", "note", *TOLERANCE_KINDS))
-        tolerance = _read_tolerance(reader, name)
+        tolerance = _read_tolerance(reader)
         expected = (
             reader.optional("expected", float) if for_update else reader.get("expected", float)
         )
@@ -1255,7 +1258,7 @@ def init(
             f"metrics.{name}",
             False,
         )
-        _read_tolerance(reader, name)
+        _read_tolerance(reader)
     _check_evaluation(path, draft.evaluation)
     sampling.validate()
     return _refill(

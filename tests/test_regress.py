@@ -429,7 +429,7 @@ def test_baseline_file_round_trip(tmp_path):
         (("ci = 0.95", "ci = 1.5"), "confidence level"),
         (("bound = 2.5e-3\n", ""), "no `bound`"),
         (('format = "evalsuite-regress-baseline"', 'format = "other"'), "`format`"),
-        (("num_samples = 300", 'num_samples = "300"'), "expected a int"),
+        (("num_samples = 300", 'num_samples = "300"'), "expected an integer"),
         (('sampler = "ddim"', 'sampler = "euler"'), "--sampler"),
         (('architecture = "embedded"', 'architecture = "mystery"'), "model.architecture"),
         (('ref_stats = "stored"', 'ref_stats = "always"'), "reference.ref_stats"),

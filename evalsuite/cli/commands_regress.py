@@ -179,9 +179,9 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
       evalsuite regress baselines/zoo.toml --markdown "$GITHUB_STEP_SUMMARY" --json regress.json
       # after an intended change of the model: record the new values and hashes
       evalsuite regress --update baselines/zoo.toml
-      # a new baseline for the embedded zoo (256 guided DDIM samples)
+      # a new baseline for the embedded zoo (256 guided DDIM-10 samples)
       evalsuite regress --init baselines/zoo.toml --model zoo:cond_unet.pt \\
-          --classifier zoo:classifier.pt --guidance-scale 1.0 --sampler ddim --steps ddim25 \\
+          --classifier zoo:classifier.pt --guidance-scale 1.0 --sampler ddim --steps ddim10 \\
           --num-samples 256 --seed 0 --metrics fid,kid,pr --tolerance fid=rel:0.05,kid=ci:0.95
       # a bare guided-diffusion checkpoint against an ADM reference batch
       evalsuite regress --init my.toml --model 64x64_diffusion.pt --preset 64x64_diffusion \\
