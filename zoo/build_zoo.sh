@@ -4,7 +4,7 @@
 #   bash zoo/build_zoo.sh                              # full build, ~1-1.5 h on 2 CPU cores
 #   ZOO_QUICK=1 bash zoo/build_zoo.sh                  # 5-step smoke build into a temp folder
 #
-# Writes evalsuite/zoo_assets/ (checkpoints, ablation.toml, manifest.json) and reference_stats/
+# Writes evalsuite/zoo_assets/ (checkpoints, manifest.json) and reference_stats/
 # (Inception statistics of the shapes reference split). Interrupted? Run the same command again:
 # every training resumes from its last saved state (train_state.pt, every 100 steps) in $ZOO_WORK.
 # What is built, and why, is described in zoo/README.md.
@@ -106,7 +106,13 @@ for point in "${POINTS[@]}"; do
     done
 done
 
-# 5. The ablation table spec, the reference statistics and the end-to-end checks.
+# 5. The ablation spec (evalsuite/zoo_assets/ablation.toml, written by hand and kept in git;
+#    another output folder gets a copy with its training points), the reference statistics and
+#    the end-to-end checks.
+if [[ ! "$OUT/ablation.toml" -ef evalsuite/zoo_assets/ablation.toml ]]; then
+    sed -e "s/_step1000\.pt/_step${POINTS[0]}.pt/g" -e "s/_step2000\.pt/_step${POINTS[1]}.pt/g" \
+        evalsuite/zoo_assets/ablation.toml >"$OUT/ablation.toml"
+fi
 say "reference statistics of $REFERENCE_IMAGES reference images"
 evalsuite data reference --num "$REFERENCE_IMAGES" --out "$WORK/shapes16_reference_images.npz"
 evalsuite ref-stats "$WORK/shapes16_reference_images.npz" --out "$WORK/shapes16_reference.npz" --quiet
@@ -118,9 +124,8 @@ evalsuite data heldout --num "$CHECK_IMAGES" --out "$WORK/heldout.npz"
 evalsuite sample --model "$OUT/cond_unet.pt" --sampler ddpm --steps 100 --classes balanced \
     --num-samples "$CHECK_SAMPLES" --batch-size 50 --seed 0 --out "$WORK/cond_samples.npz" --quiet
 
-# Ablation spec, accuracy checks and manifests (sha256 of every file, read by evalsuite.zoo).
-ZOO_OUT="$OUT" ZOO_REFERENCE_OUT="$REFERENCE_OUT" ZOO_WORK="$WORK" ZOO_POINTS="$points" \
-ZOO_ABLATIONS="$(printf '%s\n' "${ABLATIONS[@]}")" "$PYTHON" - <<'PY'
+# Accuracy checks, ablation-spec check and manifests (sha256 of every file, read by evalsuite.zoo).
+ZOO_OUT="$OUT" ZOO_REFERENCE_OUT="$REFERENCE_OUT" ZOO_WORK="$WORK" "$PYTHON" - <<'PY'
 import json
 import os
 from pathlib import Path
@@ -132,9 +137,12 @@ from evalsuite.diffusion import make_schedule
 from evalsuite.models import load_checkpoint
 from evalsuite.zoo import write_manifest
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 out, reference_out, work = (Path(os.environ[k]) for k in ("ZOO_OUT", "ZOO_REFERENCE_OUT", "ZOO_WORK"))
-points = [int(p) for p in os.environ["ZOO_POINTS"].split(",")]
-ablations = [row.split("|") for row in os.environ["ZOO_ABLATIONS"].splitlines() if row]
 
 
 def accuracy(loaded, images, labels, t=0, seed=0):
@@ -165,22 +173,12 @@ checks = {
 }
 print(json.dumps(checks))
 
-# ablation.toml: the rows of the architecture-ablation table and their checkpoints.
-lines = [
-    "# Architecture ablations of the zoo (paper Tables 1-3), written by zoo/build_zoo.sh.",
-    "# Every row: the baseline UNet with one change, same seed, data order, noise and budget;",
-    "# checkpoints (EMA weights) at the same training points. Compare rows by FID at each point.",
-    f"points = {points}",
-    "",
-]
-rows = [("baseline", "", "AdaGN, BigGAN up/down, attention at 8 and 4, 2 heads of 16 channels")]
-rows += [(name, change, description) for name, change, description in ablations]
-for name, change, description in rows:
-    files = ", ".join(f'"ablation_{name}_step{p}.pt"' for p in points)
-    lines += ["[[rows]]", f'name = "{name}"', f'change = "{change}"',
-              f'description = "{description}"', f"checkpoints = [{files}]", ""]
-(out / ".ablation.toml.tmp").write_text("\n".join(lines))
-(out / ".ablation.toml.tmp").replace(out / "ablation.toml")
+# ablation.toml (the spec `evalsuite ablate` runs, kept in git) must name only files built here.
+spec = tomllib.loads((out / "ablation.toml").read_text())
+named = [name for variant in spec["variant"] for name in variant["checkpoints"].values()]
+missing = [name for name in named if not (out / name).exists()]
+if missing:
+    raise SystemExit(f"ablation.toml names checkpoints this build did not write: {missing}")
 
 roles = {
     "cond_unet.pt": "class-conditional UNet",
