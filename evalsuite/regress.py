@@ -894,11 +894,6 @@ def bootstrap_bounds(
     if not wanted:
         return {}
     evaluation = baseline.evaluation
-    if evaluation.bootstrap_resamples < 2:
-        raise EvalsuiteError(
-            f"{baseline.path}: ci tolerances need `evaluation.bootstrap_resamples` >= 2 "
-            f"(got {evaluation.bootstrap_resamples}); 200 is a good value"
-        )
     count = len(measurement.sample_features)
     rng = np.random.default_rng(evaluation.bootstrap_seed)
     rows = rng.integers(0, count, size=(evaluation.bootstrap_resamples, count))
@@ -956,8 +951,13 @@ def allowed_value(metric: str, expectation: Expectation) -> float:
 
 
 def compare(metric: str, expectation: Expectation, got: float) -> Comparison:
-    """Compare a measured value with the baseline's expectation for `metric`."""
-    if expectation.expected is None:
+    """Compare a measured value with the baseline's expectation for `metric`.
+
+    Without an expected value (or a ci bound), as in a baseline that --update is about to fill,
+    there is nothing to compare: the status is PASS and `allowed` is None.
+    """
+    unfilled = expectation.tolerance.kind == "ci" and expectation.bound is None
+    if expectation.expected is None or unfilled:
         return Comparison(metric, None, got, expectation.tolerance, None, STATUS_PASS)
     allowed = allowed_value(metric, expectation)
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
@@ -1074,6 +1074,12 @@ def _refill(
     action: str,
 ) -> tuple[Baseline, RegressResult]:
     """Measure, bootstrap and write `baseline` with new hashes, values and bounds."""
+    resamples = baseline.evaluation.bootstrap_resamples
+    if resamples < 2 and any(e.tolerance.kind == "ci" for e in baseline.metrics.values()):
+        raise EvalsuiteError(
+            f"{baseline.path}: ci tolerances need `evaluation.bootstrap_resamples` >= 2 "
+            f"(got {resamples}); 200 is a good value"
+        )
     protocol = prepare(baseline, verify=False, inception_weights=inception_weights, device=device)
     measurement = measure(
         protocol, device=device, batch_size=batch_size, progress=progress, keep_samples=keep_samples

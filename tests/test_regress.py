@@ -349,6 +349,16 @@ def test_compare_follows_metric_direction(metric, tolerance, bound, got, status)
     assert compare(metric, Expectation(10.0, tolerance, bound), got).status == status
 
 
+def test_compare_without_values_to_fill():
+    # A metric just added to a baseline (before --update fills expected or bound).
+    for expectation in (
+        Expectation(None, Tolerance("rel", 0.1)),
+        Expectation(10.0, Tolerance("ci", 0.95), None),
+    ):
+        comparison = compare("fid", expectation, 12.0)
+        assert comparison.allowed is None and comparison.status == "PASS"
+
+
 BASELINE_TEXT = """\
 format = "evalsuite-regress-baseline"
 version = 1
