@@ -53,7 +53,9 @@ def as_feature_matrix(array: np.ndarray, *, name: str, min_rows: int, why: str) 
 
 
 # Gaussian fit of a feature set: mean, covariance (np.cov semantics, ddof=1) and sample count.
-@dataclass(frozen=True)
+# eq=False: a generated __eq__ would compare arrays with `==` and raise; compare fields with
+# np.array_equal where needed.
+@dataclass(frozen=True, eq=False)
 class GaussianStats:
     """Mean ``mu`` (D,) and covariance ``sigma`` (D, D) of ``num`` feature vectors.
 
