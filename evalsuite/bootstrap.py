@@ -62,15 +62,14 @@ RADII_BLOCK_ROWS = 1024
 
 def _squared_distances(rows: torch.Tensor, cols: torch.Tensor) -> np.ndarray:
     """(R, C) float32 |u|^2 - 2 u.v + |v|^2, unclamped (ADM protocol §2; clamping is monotone,
-    so it is applied to the radii instead, as `metrics.precision_recall` does)."""
+    so it is applied to the radii instead, as `metrics.precision_recall` does).
+
+    Same formula and precision as `metrics.precision_recall`; GEMM rounding may differ in the
+    last bit, which can only flip a comparison that sits exactly on a k-NN radius.
+    """
     row_norms = torch.einsum("nd,nd->n", rows, rows)
     col_norms = torch.einsum("nd,nd->n", cols, cols)
-    scaled_rows = rows * -2.0
-    if rows.device.type == "cpu":
-        # The same GEMM as `metrics.precision_recall` on CPU (NumPy's), so distances agree bitwise.
-        distances = torch.from_numpy(np.matmul(scaled_rows.numpy(), cols.numpy().T))
-    else:
-        distances = scaled_rows @ cols.T
+    distances = (rows * -2.0) @ cols.T
     return distances.add_(col_norms.unsqueeze(0)).add_(row_norms.unsqueeze(1)).cpu().numpy()
 
 

@@ -226,7 +226,7 @@ def table1(run: RunResults, *, absolute: bool = False) -> PaperTable:
     labels: dict[str, list[Any]] = {"Variant": variants}
     for header, read in ARCHITECTURE_COLUMNS:
         column = [read(architectures[v]) for v in variants]
-        if len({json_key(value) for value in column}) > 1:
+        if len({_label_key(value) for value in column}) > 1:
             labels[header] = column
     columns, values, low, high = [], {}, {}, {}
     for point in points:
@@ -254,7 +254,7 @@ def table1(run: RunResults, *, absolute: bool = False) -> PaperTable:
     )
 
 
-def json_key(value: Any) -> str:
+def _label_key(value: Any) -> str:
     """A hashable text form of a label value (for telling whether a column differs)."""
     return repr(value)
 

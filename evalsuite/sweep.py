@@ -150,7 +150,7 @@ class SweepConfig:
     scales: tuple[float, ...] = (0.0,)
     samplers: tuple[str, ...] = ("ddim",)
     steps: tuple[str, ...] = ("ddim25",)
-    num_samples: int = 200
+    num_samples: int = 100
     seed: int = 0
     classes: str = "uniform"
     eta: float = 0.0
@@ -249,7 +249,8 @@ def grid_cells(config: SweepConfig) -> list[Cell]:
     ]
 
 
-def _load_row(row: ModelRow) -> SamplingModels:
+def load_row(row: ModelRow) -> SamplingModels:
+    """Load a row's diffusion model and guiding classifier (files checked first)."""
     for path, what in ((row.model, "model"), (row.classifier, "classifier")):
         if path is not None and not Path(path).is_file():
             raise EvalsuiteError(f"{row.name}: {what} checkpoint {path} does not exist")
@@ -629,7 +630,7 @@ def run_sweep(
         raise EvalsuiteError(f"--out {run_dir} is a file; give a directory")
     reference = load_reference(config.reference)
     ref_mode = check_reference(reference, config.metrics, config.ref_stats, config.metric_options)
-    models = {row.name: _load_row(row) for row in config.rows}
+    models = {row.name: load_row(row) for row in config.rows}
     check_grid(config, models)
     judge = None
     if config.judge is not None:

@@ -29,6 +29,7 @@ from evalsuite.bootstrap import (
 )
 from evalsuite.cache import sha256_file
 from evalsuite.cli import main
+from evalsuite.errors import EvalsuiteError
 from evalsuite.evaluate import MetricOptions, ReferenceSide, score_features
 from evalsuite.featureset import FeatureComputer, FeatureSet
 from evalsuite.metrics import GaussianStats, frechet_distance, gaussian_stats, precision_recall
@@ -424,3 +425,30 @@ def test_bootstrap_is_seeded_and_brackets_the_spread(synthetic):
     }
     assert first["fid_ci_low"] < first["fid_ci_high"] and first["fid_se"] > 0
     assert bootstrap_intervals(scorer, 0) == {}
+
+
+def test_grid_crosses_samplers_steps_and_scales_in_order(files):
+    row = sweep_module.ModelRow(
+        name="m", model=str(files["model"]), classifier=str(files["classifier"])
+    )
+    config = sweep_module.SweepConfig(
+        rows=(row,),
+        reference=str(files["reference"]),
+        scales=(0.0, 1.5),
+        samplers=("ddpm", "ddim"),
+        steps=("5", "ddim5"),
+    )
+    cells = sweep_module.grid_cells(config)
+    assert [(c.sampler, c.steps, c.guidance_scale) for c in cells] == [
+        (sampler, steps, scale)
+        for sampler in ("ddpm", "ddim")
+        for steps in ("5", "ddim5")
+        for scale in (0.0, 1.5)
+    ]
+    assert cells[-1].name == "m_ddim-ddim5_s1.5"
+    assert len({c.name for c in cells}) == 8
+    models = {"m": sweep_module.load_row(row)}
+    sweep_module.check_grid(config, models)
+    bad = sweep_module.SweepConfig(rows=(row,), reference="r", steps=("5", "ddim500"))
+    with pytest.raises(EvalsuiteError, match="model m: .*ddim500"):
+        sweep_module.check_grid(bad, models)
