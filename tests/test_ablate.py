@@ -24,6 +24,8 @@ from tests.helpers import TINY_DIFFUSION, TINY_UNET, random_batch
 
 SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "evalsuite" / "zoo_assets" / "ablation.toml"
 _load_inception_once = functools.cache(evaluate_module.load_inception)
+# Variants and checkpoint steps the zoo build (zoo/build_zoo.sh) writes.
+ZOO_VARIANTS = ("baseline", "addition", "plain_updown", "attention8", "rescale_residual")
 
 
 @pytest.fixture(autouse=True)
@@ -303,15 +305,8 @@ def fake_zoo(spec_folder, tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "zoo"
     folder.mkdir()
     shutil.copy(SHIPPED_SPEC, folder / zoo.ABLATION_SPEC)
-    for name in (
-        "baseline",
-        "addition",
-        "plain_updown",
-        "attention8",
-        "one_head",
-        "rescale_residual",
-    ):
-        for step in (1000, 2000):
+    for name in ZOO_VARIANTS:
+        for step in (600, 1200):
             shutil.copy(spec_folder / "base_1k.pt", folder / f"ablation_{name}_step{step}.pt")
     shutil.copy(spec_folder / "reference.npz", folder / zoo.REFERENCE)
     monkeypatch.setattr(zoo, "ZOO_DIR", folder)
@@ -321,27 +316,22 @@ def fake_zoo(spec_folder, tmp_path, monkeypatch) -> Path:
 
 def test_the_zoo_spec_is_valid(fake_zoo):
     spec = load_spec(fake_zoo / zoo.ABLATION_SPEC)
-    assert [v.name for v in spec.variants] == [
-        "baseline",
-        "addition",
-        "plain_updown",
-        "attention8",
-        "one_head",
-        "rescale_residual",
-    ]
-    assert spec.points == ("1K", "2K") and spec.baseline == "baseline"
+    assert [v.name for v in spec.variants] == list(ZOO_VARIANTS)
+    assert spec.points == ("0.6K", "1.2K") and spec.baseline == "baseline"
     assert spec.evaluation["reference"] == str(fake_zoo / zoo.REFERENCE)
     assert spec.annotations()["class_names"][0] == "disc"
     rows = spec.sweep_config().rows
-    assert len(rows) == 12 and rows[1].name == "baseline@2K"
-    assert rows[1].model == str(fake_zoo / "ablation_baseline_step2000.pt")
+    assert len(rows) == 10 and rows[1].name == "baseline@1.2K"
+    assert rows[1].model == str(fake_zoo / "ablation_baseline_step1200.pt")
 
 
 def test_missing_zoo_files_are_the_zoo_errors(fake_zoo, tmp_path):
-    (fake_zoo / "ablation_one_head_step2000.pt").unlink()
+    (fake_zoo / "ablation_attention8_step1200.pt").unlink()
     code, output = invoke(["ablate", "--out", str(tmp_path / "run")])
     assert code == 2 and len(output.strip().splitlines()) == 2, output
-    assert "variant.one_head.checkpoints.2K: zoo file" in output and zoo.REBUILD_COMMAND in output
+    assert (
+        "variant.attention8.checkpoints.1.2K: zoo file" in output and zoo.REBUILD_COMMAND in output
+    )
     (fake_zoo / zoo.ABLATION_SPEC).unlink()
     code, output = invoke(["ablate", "--out", str(tmp_path / "run")])
     assert code == 2 and len(output.strip().splitlines()) == 1
