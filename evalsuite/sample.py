@@ -10,11 +10,12 @@ Under `torchrun` the missing batches are shared round-robin between ranks; rank 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,16 @@ def sample_classes(
     return np.array([resolved[i % len(resolved)] for i in indices], dtype=np.int64)
 
 
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Model space [-1,1] (B,C,H,W) -> uint8 (B,H,W,C), ((x+1)*127.5).clamp(0,255) truncated (§3)."""
     pixels = ((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
@@ -204,14 +215,7 @@ class BatchSampler:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _network(self, module: torch.nn.Module) -> Callable[..., torch.Tensor]:
-        """The network as a callable; on CPU it runs one sample at a time.
-
-        oneDNN convolutions and GEMMs choose their blocking by batch size, so a sample computed
-        in a batch of 16 can differ in the last bit from the same sample alone. Evaluating each
-        sample on its own makes the output independent of batch size and process count by
-        construction (and costs little on CPU, where per-sample passes are compute-bound).
-        On CUDA the batch runs whole; see the README on what may differ across GPUs.
-        """
+        """The network as a callable; on CPU it runs one sample at a time (see `__call__`)."""
 
         def call(x: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             with self._autocast():
@@ -231,7 +235,21 @@ class BatchSampler:
         return call
 
     def __call__(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 (B,H,W,3) images and int64 (B,) labels (or None) of the given sample indices."""
+        """uint8 (B,H,W,3) images and int64 (B,) labels (or None) of the given sample indices.
+
+        On CPU each sample's network passes run alone and on one thread: oneDNN's convolutions
+        and GEMMs choose blockings and reduction splits by batch size and thread count, so a
+        sample computed in a batch of 16 on 2 threads can differ in the last bit from the same
+        sample alone on 1 thread. Run this way the bits depend on neither batch size, thread
+        count nor process count (and small models run faster: batch-1 passes are dominated by
+        thread synchronisation). On CUDA the batch runs whole.
+        """
+        if self.per_sample:
+            with _single_thread():
+                return self._generate(indices)
+        return self._generate(indices)
+
+    def _generate(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
         settings, config = self.settings, self.models.model.model_config
         diffusion = self.models.model.diffusion_config
         labels_np = sample_classes(
