@@ -30,7 +30,7 @@ import torch
 from evalsuite import PROTOCOL_VERSION
 from evalsuite.cache import atomic_path, cache_dir, cache_key
 from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import MetricOptions, ReferenceSide, check_pr_size
+from evalsuite.evaluate import METRIC_KEYS, MetricOptions, ReferenceSide, check_pr_size
 from evalsuite.featureset import FeatureSet
 from evalsuite.metrics import (
     GaussianStats,
@@ -296,19 +296,7 @@ class SampleScorer:
         """
         whole = index is None
         index = np.arange(self.num_samples) if index is None else np.asarray(index)
-        result: dict[str, float | None] = dict.fromkeys(
-            (
-                "fid",
-                "sfid",
-                "inception_score",
-                "inception_score_std",
-                "precision",
-                "recall",
-                "kid",
-                "kid_std",
-                "class_agreement",
-            )
-        )
+        result: dict[str, float | None] = dict.fromkeys((*METRIC_KEYS, "class_agreement"))
         for metric in ("fid", "sfid"):
             if metric in self.metrics:
                 result[metric] = self._frechet(metric, index)

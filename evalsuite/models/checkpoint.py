@@ -9,7 +9,6 @@ placement, classifier head) off both the expected and the found state dict.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from evalsuite.cache import sha256_file
 from evalsuite.errors import EvalsuiteError
 from evalsuite.models import build_model
 from evalsuite.models.config import (
@@ -64,15 +64,6 @@ class LoadedModel:
     weights: str = "state_dict"
     step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_kind(kind: str) -> None:
@@ -216,7 +207,7 @@ def load_checkpoint(
         model=model,
         model_config=model_config,
         diffusion_config=diffusion_config,
-        sha256=file_sha256(path),
+        sha256=sha256_file(path),
         source=source,
         path=path,
         weights=weights,
