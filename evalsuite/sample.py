@@ -16,6 +16,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +201,8 @@ class BatchSampler:
         )
         self.dtype = PRECISIONS[settings.precision]
         self.per_sample = self.device.type == "cpu"
+        # Per-sample passes run single-threaded, several at once (one per core).
+        self._workers = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
         if self.dtype != torch.float32 and self.device.type != "cuda":
             raise EvalsuiteError(
                 f"--precision {settings.precision} needs a CUDA device; use --precision fp32 on CPU"
@@ -218,19 +221,18 @@ class BatchSampler:
         """The network as a callable; on CPU it runs one sample at a time (see `__call__`)."""
 
         def call(x: torch.Tensor, timesteps: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-            with self._autocast():
-                if not self.per_sample:
+            if not self.per_sample:
+                with self._autocast():
                     return module(x, timesteps, **kwargs).float()
-                return torch.cat(
-                    [
-                        module(
-                            x[i : i + 1],
-                            timesteps[i : i + 1],
-                            **{k: v[i : i + 1] for k, v in kwargs.items()},
-                        ).float()
-                        for i in range(x.shape[0])
-                    ]
-                )
+            grad_enabled = torch.is_grad_enabled()
+
+            # One sample's pass; grad mode is thread-local, so carry the caller's over.
+            def one(i: int) -> torch.Tensor:
+                with torch.set_grad_enabled(grad_enabled):
+                    row = {k: v[i : i + 1] for k, v in kwargs.items()}
+                    return module(x[i : i + 1], timesteps[i : i + 1], **row).float()
+
+            return torch.cat(list(self._workers.map(one, range(x.shape[0]))))
 
         return call
 
