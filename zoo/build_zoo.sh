@@ -31,7 +31,7 @@ else
     # Main models; the ablation table compares every variant at the two training POINTS.
     # Raising ZOO_MAIN_STEPS and rerunning continues the main runs (same result as a longer run).
     MAIN_STEPS=${ZOO_MAIN_STEPS:-4000} POINTS=(600 1200) ABLATION_STEPS=1200
-    CLASSIFIER_STEPS=1500 JUDGE_STEPS=800
+    CLASSIFIER_STEPS=4000 JUDGE_STEPS=800
     REFERENCE_IMAGES=${ZOO_REFERENCE_IMAGES:-1000} CHECK_IMAGES=2000 CHECK_SAMPLES=100
 fi
 mkdir -p "$OUT" "$REFERENCE_OUT" "$WORK"
@@ -195,7 +195,17 @@ for path in sorted(out.glob("*.pt")):
                        "training": loaded.extra.get("training"), **checks.get(path.name, {})}
 info["ablation.toml"] = {"role": roles["ablation.toml"]}
 write_manifest(out, info)
+with np.load(reference_out / "shapes16_reference.npz") as stats:
+    made = json.loads(str(stats["evalsuite_meta"]))
 write_manifest(reference_out, {"shapes16_reference.npz": {
-    "role": "reference statistics of the shapes reference split (evalsuite ref-stats)"}})
+    "role": "reference statistics of the shapes reference split (evalsuite ref-stats)",
+    "made_with": f"evalsuite data reference --num {made['num_images']} --out images.npz && "
+                 "evalsuite ref-stats images.npz --out shapes16_reference.npz",
+    "num_images": made["num_images"],
+    "stored": made.get("stored"),
+    "weights_source": made["weights_source"],
+    "weights_sha256": made["weights_sha256"],
+    "protocol_version": made["protocol_version"],
+    "source_sha256": made["source_sha256"]}})
 PY
 say "done: $OUT, $REFERENCE_OUT/shapes16_reference.npz ($(du -sh "$OUT" | cut -f1) of checkpoints)"

@@ -97,8 +97,7 @@ def check_device(device: str) -> None:
 
 
 @main.command()
-@click.argument("reference", type=click.Path())
-@click.argument("samples", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, type=click.Path(), metavar="[REFERENCE] SAMPLES")
 @click.option(
     "--metrics",
     default="fid,sfid,is,pr,kid",
@@ -159,8 +158,7 @@ def check_device(device: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @handle_errors
 def evaluate(
-    reference: str,
-    samples: str,
+    paths: tuple[str, ...],
     metrics: str,
     ref_stats: str,
     json_path: str | None,
@@ -173,9 +171,9 @@ def evaluate(
     kid_subset_size: int,
     quiet: bool,
 ) -> None:
-    """Score SAMPLES against REFERENCE with the ADM evaluator's protocol.
+    """Score SAMPLES against REFERENCE with the ADM evaluator's protocol: [REFERENCE] SAMPLES.
 
-    REFERENCE is an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz), a file written by
+    Without REFERENCE the zoo's reference statistics are used (the shapes dataset). REFERENCE is an ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz), a file written by
     `evalsuite ref-stats`, or a folder of images. SAMPLES is an ADM sample batch (arr_0 uint8
     N,H,W,3) or a folder of images. Features are cached, so an interrupted run resumes.
 
@@ -184,10 +182,21 @@ def evaluate(
       evalsuite evaluate VIRTUAL_imagenet256_labeled.npz samples.npz
       evalsuite evaluate ref.npz samples.npz --metrics fid,pr --json result.json
       evalsuite evaluate ref.npz samples/ --ref-stats recompute --device cuda
+      evalsuite evaluate zoo_samples.npz        # against the zoo's reference statistics
     """
+    from evalsuite.errors import EvalsuiteError
     from evalsuite.evaluate import MetricOptions, parse_metrics
     from evalsuite.evaluate import evaluate as run_evaluate
 
+    if len(paths) > 2:
+        raise EvalsuiteError(f"expected [REFERENCE] SAMPLES, got {len(paths)} paths")
+    if len(paths) == 1:
+        from evalsuite import zoo
+
+        reference, samples = str(zoo.reference()), paths[0]
+        click.echo(f"no REFERENCE given: using the zoo's reference statistics ({reference})")
+    else:
+        reference, samples = paths
     chosen = parse_metrics(metrics)
     check_device(device)
     options = MetricOptions(

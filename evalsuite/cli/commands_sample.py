@@ -18,7 +18,7 @@ def model_options(fn: Any) -> Any:
             "model_path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="Diffusion checkpoint (.pt): guided-diffusion state dict or evalsuite checkpoint.",
+            help="Diffusion checkpoint (.pt): guided-diffusion state dict or evalsuite checkpoint. Default: the zoo's class-conditional model.",
         ),
         click.option(
             "--model-flags",
@@ -60,14 +60,26 @@ def load_models(
     classifier_path: str | None,
     classifier_flags: str | None,
     classifier_preset: str | None,
+    guidance_scale: float = 0.0,
 ):
-    """Load the diffusion model and optional classifier named on the command line."""
+    """Load the diffusion model and optional classifier named on the command line.
+
+    Without --model the zoo's class-conditional model is used (and its classifier when guiding).
+    """
     from evalsuite.errors import EvalsuiteError
     from evalsuite.models.checkpoint import load_checkpoint
     from evalsuite.sample import SamplingModels
 
     if model_path is None:
-        raise EvalsuiteError("no --model given; pass a diffusion checkpoint (.pt)")
+        from evalsuite import zoo
+
+        if model_flags or preset:
+            raise EvalsuiteError("--model-flags/--preset given without --model PATH")
+        model_path = str(zoo.asset(zoo.MODEL))
+        click.echo(f"no --model given: using the zoo's class-conditional model ({model_path})")
+        if classifier_path is None and guidance_scale > 0:
+            classifier_path = str(zoo.asset(zoo.CLASSIFIER))
+            click.echo(f"no --classifier given: using the zoo's classifier ({classifier_path})")
     if classifier_path is None and (classifier_flags or classifier_preset):
         raise EvalsuiteError(
             "--classifier-flags/--classifier-preset given without --classifier PATH"
@@ -218,7 +230,13 @@ def sample(
     settings.validate()
     check_device(device)
     models = load_models(
-        model_path, model_flags, preset, classifier_path, classifier_flags, classifier_preset
+        model_path,
+        model_flags,
+        preset,
+        classifier_path,
+        classifier_flags,
+        classifier_preset,
+        guidance_scale,
     )
     record = generate(
         models, settings, out, batch_size=batch_size, device=device, progress=not quiet
