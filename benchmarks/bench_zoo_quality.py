@@ -1,0 +1,84 @@
+"""Benchmark: does the zoo show the paper's effects, measured with evalsuite itself?
+
+Run: .venv/bin/python benchmarks/bench_zoo_quality.py [RUN_DIR]   (default runs/sweep)
+
+RUN_DIR is a finished default sweep (`evalsuite sweep`, or `benchmarks/bench_sweep.py --out
+runs/sweep`): the zoo's unconditional and conditional models at guidance scales 0..s_max, scored
+against the zoo reference with class agreement from the zoo's judge. The script adds the FID of
+uniform-noise images (same N, same reference) and checks the zoo issue's claims:
+
+1. unconditional model + classifier guidance: class agreement rises strongly from scale 0 to the
+   largest scale (by >= 0.3), precision rises and recall falls;
+2. at scale 0 the class-conditional model's FID is lower than the unconditional model's, and both
+   are far below the FID of pure noise (less than half of it).
+
+Prints a table and exits 1 if a claim does not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def records(run_dir: Path) -> list[dict]:
+    with open(run_dir / "records.jsonl") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def cell(rows: list[dict], model: str, scale: float) -> dict:
+    (row,) = [r for r in rows if r["model"] == model and r["guidance_scale"] == scale]
+    return row
+
+
+def noise_fid(num: int) -> float:
+    from evalsuite import zoo
+    from evalsuite.evaluate import evaluate
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "noise.npz"
+        rng = np.random.default_rng(0)
+        np.savez(path, arr_0=rng.integers(0, 256, (num, 16, 16, 3), dtype=np.uint8))
+        result = evaluate(str(zoo.reference()), str(path), metrics=("fid",), progress=False)
+    return float(result["fid"])
+
+
+def main() -> int:
+    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/sweep")
+    rows = records(run_dir)
+    scales = sorted({r["guidance_scale"] for r in rows})
+    top = scales[-1]
+    uncond0, uncond_top = cell(rows, "unconditional", 0.0), cell(rows, "unconditional", top)
+    cond0 = cell(rows, "conditional", 0.0)
+    noise = noise_fid(int(uncond0["num_samples"]))
+
+    print(f"run: {run_dir}  ({uncond0['num_samples']} samples per cell, scales {scales})")
+    print("| model | scale | FID | precision | recall | class agreement |")
+    print("|---|---|---|---|---|---|")
+    for row in sorted(rows, key=lambda r: (r["model"], r["guidance_scale"])):
+        print(
+            f"| {row['model']} | {row['guidance_scale']:g} | {row['fid']:.2f} | "
+            f"{row['precision']:.3f} | {row['recall']:.3f} | {row['class_agreement']:.3f} |"
+        )
+    print(f"| uniform noise | – | {noise:.2f} | | | |")
+
+    checks = {
+        f"guided agreement rises by >= 0.3 (scale 0 -> {top:g})": uncond_top["class_agreement"]
+        - uncond0["class_agreement"]
+        >= 0.3,
+        "guided precision rises": uncond_top["precision"] > uncond0["precision"],
+        "guided recall falls": uncond_top["recall"] < uncond0["recall"],
+        "conditional FID < unconditional FID at scale 0": cond0["fid"] < uncond0["fid"],
+        "both FIDs < half the FID of noise": max(cond0["fid"], uncond0["fid"]) < noise / 2,
+    }
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}  {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
