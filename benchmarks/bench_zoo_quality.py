@@ -2,9 +2,9 @@
 
 Run: .venv/bin/python benchmarks/bench_zoo_quality.py [RUN_DIR]   (default runs/sweep)
 
-RUN_DIR is a finished default sweep (`evalsuite sweep`, or `benchmarks/bench_sweep.py --out
-runs/sweep`): the zoo's unconditional and conditional models at guidance scales 0..s_max, scored
-against the zoo reference with class agreement from the zoo's judge. The script adds the FID of
+RUN_DIR is a finished sweep of the zoo's unconditional and conditional models (the default
+`evalsuite sweep`, or one with more samples and larger scales), scored against the zoo reference
+with class agreement from the zoo's judge. The script adds the FID of
 uniform-noise images (same N, same reference) and checks the zoo issue's claims:
 
 1. unconditional model + classifier guidance: class agreement rises strongly from scale 0 to the
@@ -30,8 +30,8 @@ def records(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def cell(rows: list[dict], model: str, scale: float) -> dict:
-    (row,) = [r for r in rows if r["model"] == model and r["guidance_scale"] == scale]
+def cell(rows: list[dict], class_cond: bool, scale: float) -> dict:
+    (row,) = [r for r in rows if r["class_cond"] == class_cond and r["guidance_scale"] == scale]
     return row
 
 
@@ -52,8 +52,8 @@ def main() -> int:
     rows = records(run_dir)
     scales = sorted({r["guidance_scale"] for r in rows})
     top = scales[-1]
-    uncond0, uncond_top = cell(rows, "unconditional", 0.0), cell(rows, "unconditional", top)
-    cond0 = cell(rows, "conditional", 0.0)
+    uncond0, uncond_top = cell(rows, False, 0.0), cell(rows, False, top)
+    cond0 = cell(rows, True, 0.0)
     noise = noise_fid(int(uncond0["num_samples"]))
 
     print(f"run: {run_dir}  ({uncond0['num_samples']} samples per cell, scales {scales})")
