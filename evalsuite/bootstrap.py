@@ -335,8 +335,9 @@ def bootstrap_intervals(scorer: SampleScorer, num_resamples: int, seed: int = 0)
     Each resample draws n sample indices uniformly with replacement from
     `np.random.default_rng(seed)`; the resample indices depend only on (seed, n), so cells of a
     sweep are resampled in the same way. Returns, for each metric key in BOOTSTRAP_KEYS that has
-    a value, `<key>_ci_low` / `<key>_ci_high` (the 2.5% and 97.5% quantiles) and `<key>_se` (the
-    standard deviation of the resampled values); empty when `num_resamples` is 0.
+    a value, `<key>_ci_low` / `<key>_ci_high` (the 2.5% and 97.5% quantiles, shifted so that the
+    resamples' mean sits on the full-sample value) and `<key>_se` (the standard deviation of the
+    resampled values); empty when `num_resamples` is 0.
     """
     if num_resamples <= 0:
         return {}
@@ -350,11 +351,15 @@ def bootstrap_intervals(scorer: SampleScorer, num_resamples: int, seed: int = 0)
             if key in values and value is not None:
                 values[key].append(value)
     tail = (1.0 - CONFIDENCE_LEVEL) / 2
+    whole = scorer.scores()
     intervals: dict[str, Any] = {}
     for key, samples in values.items():
         if len(samples) == num_resamples:
             array = np.asarray(samples)
-            intervals[f"{key}_ci_low"] = float(np.quantile(array, tail))
-            intervals[f"{key}_ci_high"] = float(np.quantile(array, 1.0 - tail))
+            # Resampling with replacement duplicates samples, which biases FID-type metrics
+            # upwards; re-centre the percentile interval on the full-sample value.
+            shift = whole[key] - float(array.mean())
+            intervals[f"{key}_ci_low"] = float(np.quantile(array, tail)) + shift
+            intervals[f"{key}_ci_high"] = float(np.quantile(array, 1.0 - tail)) + shift
             intervals[f"{key}_se"] = float(array.std(ddof=1))
     return intervals
