@@ -50,10 +50,15 @@ def main() -> None:
     """evalsuite: sample ADM-style diffusion models and score them with the ADM protocol.
 
     \b
-    Commands at a glance:
-      evalsuite evaluate REFERENCE SAMPLES     FID, sFID, IS, precision/recall, KID
+    Commands at a glance (with no model or reference they use the embedded zoo):
+      evalsuite sweep --scales 0,1,4           guidance-scale sweep: sample, score, tables, curves
+      evalsuite ablate [SPEC.toml]             architecture variants, the paper's Table 1
+      evalsuite report RUN_DIR                 Markdown/LaTeX/CSV tables and figures of a run
+      evalsuite evaluate [REFERENCE] SAMPLES   FID, sFID, IS, precision/recall, KID
       evalsuite ref-stats REFERENCE --out F    reference statistics for later evaluations
       evalsuite sample --out samples.npz       generate an ADM sample batch
+      evalsuite regress BASELINE               CI regression check (exit 0 pass, 1 regression)
+      evalsuite data / train                   the shapes dataset and the zoo's trainer
       evalsuite info                           Inception weights and environment
     Run `evalsuite COMMAND --help` for options and worked examples.
     """
