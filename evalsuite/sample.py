@@ -10,13 +10,11 @@ Under `torchrun` the missing batches are shared round-robin between ranks; rank 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from evalsuite.diffusion import (
 from evalsuite.errors import EvalsuiteError
 from evalsuite.models.checkpoint import LoadedModel
 from evalsuite.models.config import config_to_dict
+from evalsuite.threads import CoreWorkers, single_thread
 
 SAMPLERS = ("ddpm", "ddim")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -170,16 +169,6 @@ def sample_classes(
     return np.array([resolved[i % len(resolved)] for i in indices], dtype=np.int64)
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Model space [-1,1] (B,C,H,W) -> uint8 (B,H,W,C), ((x+1)*127.5).clamp(0,255) truncated (§3)."""
     pixels = ((x.float() + 1) * 127.5).clamp(0, 255).to(torch.uint8)
@@ -202,7 +191,7 @@ class BatchSampler:
         self.dtype = PRECISIONS[settings.precision]
         self.per_sample = self.device.type == "cpu"
         # Per-sample passes run single-threaded, several at once (one per core).
-        self._workers = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads()))
+        self._workers = CoreWorkers()
         if self.dtype != torch.float32 and self.device.type != "cuda":
             raise EvalsuiteError(
                 f"--precision {settings.precision} needs a CUDA device; use --precision fp32 on CPU"
@@ -232,7 +221,7 @@ class BatchSampler:
                     row = {k: v[i : i + 1] for k, v in kwargs.items()}
                     return module(x[i : i + 1], timesteps[i : i + 1], **row).float()
 
-            return torch.cat(list(self._workers.map(one, range(x.shape[0]))))
+            return torch.cat(self._workers.map(one, range(x.shape[0])))
 
         return call
 
@@ -247,7 +236,7 @@ class BatchSampler:
         thread synchronisation). On CUDA the batch runs whole.
         """
         if self.per_sample:
-            with _single_thread():
+            with single_thread():
                 return self._generate(indices)
         return self._generate(indices)
 

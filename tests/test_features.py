@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
 from evalsuite.errors import EvalsuiteError
 from evalsuite.features import (
@@ -21,8 +22,9 @@ from evalsuite.features import (
     resolve_inception_weights,
     to_nchw_uint8,
 )
+from evalsuite.features import inception as inception_module
 from evalsuite.features import weights as weights_module
-from evalsuite.features.inception import fp32_precision
+from evalsuite.features.inception import fp32_precision, tf1_resize
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +137,30 @@ def test_spatial_is_mixed6_conv_in_hwc_order(ours, reference, size):
             spatial[:, (h * 17 + w) * 7 + c], conv[:, c, h, w], rtol=0, atol=1e-4
         )
     assert not torch.allclose(spatial, conv[:, :7].reshape(batch, -1), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 16, 16), (1, 3, 64, 64), (1, 3, 37, 80), (1, 3, 512, 333), (1, 3, 299, 299)]
+)
+def test_tf1_resize_is_bit_identical_to_torch_fidelity(shape):
+    """Up, down, non-square and identity resizes equal torch-fidelity's TF1 resize exactly."""
+    generator = torch.Generator().manual_seed(sum(shape))
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    ours = tf1_resize(images, 299)
+    assert ours.shape == (shape[0], 299, 299, 3) and ours.dtype == torch.float32
+    theirs = interpolate_bilinear_2d_like_tensorflow1x(
+        images.float(), size=(299, 299), align_corners=False
+    )
+    assert torch.equal(ours.permute(0, 3, 1, 2), theirs)
+
+
+def test_portable_path_matches_fused_path(full_weights, ours, reference, images, monkeypatch):
+    """Without oneDNN's fused kernels (CUDA, other builds) the plain conv2d+relu path agrees."""
+    monkeypatch.setattr(inception_module, "_ONEDNN_FUSED", False)
+    portable = InceptionFeatureExtractor(full_weights)(images["small"])
+    for name in ("pool", "spatial", "logits"):
+        torch.testing.assert_close(portable[name], ours["small"][name], rtol=0, atol=1e-5)
+    torch.testing.assert_close(portable["pool"], reference["small"]["pool"], rtol=0, atol=1e-4)
 
 
 def test_nhwc_and_nchw_inputs_agree(extractor, ours, images):
