@@ -10,8 +10,8 @@
 # What is built, and why, is described in zoo/README.md.
 #
 # Environment: PYTHON (default .venv/bin/python), ZOO_OUT, ZOO_REFERENCE_OUT, ZOO_WORK (where
-# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 4000),
-# ZOO_REFERENCE_IMAGES (default 1000), ZOO_QUICK=1 (smoke build). On a busy machine, OMP_NUM_THREADS=1 (see zoo/README.md).
+# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 10000),
+# ZOO_REFERENCE_IMAGES (default 1000), ZOO_LANES (default 2 on 2+ cores), ZOO_QUICK=1 (smoke build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +30,7 @@ else
     WORK=${ZOO_WORK:-$HOME/.cache/evalsuite/zoo-build}
     # Main models; the ablation table compares every variant at the two training POINTS.
     # Raising ZOO_MAIN_STEPS and rerunning continues the main runs (same result as a longer run).
-    MAIN_STEPS=${ZOO_MAIN_STEPS:-4000} POINTS=(600 1200) ABLATION_STEPS=1200
+    MAIN_STEPS=${ZOO_MAIN_STEPS:-10000} POINTS=(600 1200) ABLATION_STEPS=1200
     CLASSIFIER_STEPS=4000 JUDGE_STEPS=800
     REFERENCE_IMAGES=${ZOO_REFERENCE_IMAGES:-1000} CHECK_IMAGES=2000 CHECK_SAMPLES=100
 fi
@@ -54,42 +54,74 @@ JUDGE="--image_size 16 --classifier_width 32 --classifier_depth 1
        --classifier_attention_resolutions 4 --classifier_pool adaptive
        --classifier_use_scale_shift_norm False --classifier_resblock_updown False
        --num_classes 10 --noise_schedule cosine --diffusion_steps 1000"
-TRAINING=(--batch-size 32 --lr 1e-3 --ema-rate 0.995 --log-every 50 --state-every 100)
+# Two lanes on 2+ cores (ZOO_LANES=1: one after another); lanes train without progress bars.
+LANES=${ZOO_LANES:-$(( $(nproc 2>/dev/null || echo 1) >= 2 ? 2 : 1 ))}
+QUIET=(); ((LANES >= 2)) && QUIET=(--quiet)
+TRAINING=(--batch-size 32 --lr 1e-3 --ema-rate 0.995 --log-every 50 --state-every 100 "${QUIET[@]}")
 points=$(IFS=,; echo "${POINTS[*]}")
 
-# 1. Class-conditional and unconditional UNets (the paper's Table 4 pair). The conditional run
-#    also saves the ablation baseline at the two training points (same seed as the variants).
-say "class-conditional UNet: $MAIN_STEPS steps"
-evalsuite train unet --out "$WORK/cond" --steps "$MAIN_STEPS" --seed 0 --save-at "$points" \
-    "${TRAINING[@]}" --flags "$UNET --class_cond True"
-say "unconditional UNet: $MAIN_STEPS steps"
-evalsuite train unet --out "$WORK/uncond" --steps "$MAIN_STEPS" --seed 1 \
-    "${TRAINING[@]}" --flags "$UNET --class_cond False"
-
-# 2. Architecture ablations (Tables 1-3): one change each from the baseline, same seed, data
-#    order, noise and budget; checkpoints at the two training points.
 ABLATIONS=(
     "addition|--use_scale_shift_norm False|timestep/class embedding added (no AdaGN), Table 3"
     "plain_updown|--resblock_updown False|strided-conv down / nearest+conv up instead of BigGAN blocks, Table 1"
     "attention8|--attention_resolutions 8|attention at one resolution (8) instead of 8 and 4, Table 1"
     "rescale_residual|--rescale_residual True|residual sum rescaled by 1/sqrt(2), Table 1"
 )
-for row in "${ABLATIONS[@]}"; do
-    IFS='|' read -r name change _ <<<"$row"
+# 1. Class-conditional and unconditional UNets (the paper's Table 4 pair). The conditional run
+#    also saves the ablation baseline at the two training points (same seed as the variants).
+train_cond() {
+    say "class-conditional UNet: $MAIN_STEPS steps"
+    evalsuite train unet --out "$WORK/cond" --steps "$MAIN_STEPS" --seed 0 --save-at "$points" \
+        "${TRAINING[@]}" --flags "$UNET --class_cond True"
+}
+train_uncond() {
+    say "unconditional UNet: $MAIN_STEPS steps"
+    evalsuite train unet --out "$WORK/uncond" --steps "$MAIN_STEPS" --seed 1 \
+        "${TRAINING[@]}" --flags "$UNET --class_cond False"
+}
+# 2. Architecture ablations (Tables 1-3): one change each from the baseline, same seed, data
+#    order, noise and budget; checkpoints at the two training points.
+train_ablation() { # index into ABLATIONS
+    IFS='|' read -r name change _ <<<"${ABLATIONS[$1]}"
     say "ablation $name: $ABLATION_STEPS steps"
     # The variant's flag replaces the baseline's (a flag may be given only once).
     flags=$(sed -E "s/${change%% *} [^ ]+//" <<<"$UNET --class_cond True")
     evalsuite train unet --out "$WORK/ablation_$name" --steps "$ABLATION_STEPS" --seed 0 \
         --save-at "$points" "${TRAINING[@]}" --flags "$flags $change"
-done
-
+}
 # 3. Classifiers: noise-aware (guidance) and the clean judge.
-say "noise-aware classifier: $CLASSIFIER_STEPS steps"
-evalsuite train classifier --noised --out "$WORK/classifier" --steps "$CLASSIFIER_STEPS" \
-    --seed 2 --batch-size 64 --lr 1e-3 --ema-rate 0.995 --flags "$CLASSIFIER"
-say "judge (clean classifier): $JUDGE_STEPS steps"
-evalsuite train classifier --clean --out "$WORK/judge" --steps "$JUDGE_STEPS" \
-    --seed 7 --batch-size 64 --lr 1e-3 --ema-rate 0.995 --flags "$JUDGE"
+train_classifier() {
+    say "noise-aware classifier: $CLASSIFIER_STEPS steps"
+    evalsuite train classifier --noised --out "$WORK/classifier" --steps "$CLASSIFIER_STEPS" \
+        --seed 2 --batch-size 64 --lr 1e-3 --ema-rate 0.995 "${QUIET[@]}" --flags "$CLASSIFIER"
+}
+train_judge() {
+    say "judge (clean classifier): $JUDGE_STEPS steps"
+    evalsuite train classifier --clean --out "$WORK/judge" --steps "$JUDGE_STEPS" \
+        --seed 7 --batch-size 64 --lr 1e-3 --ema-rate 0.995 "${QUIET[@]}" --flags "$JUDGE"
+}
+lane_a() { train_cond && train_ablation 0 && train_ablation 1 && train_judge; }
+lane_b() { train_uncond && train_ablation 2 && train_ablation 3 && train_classifier; }
+
+# Every training is independent: on 2+ cores they run in two lanes of one thread each (small
+# models scale badly across threads); each lane's progress goes to $WORK/lane_{a,b}.log.
+if ((LANES >= 2)); then
+    say "training in two parallel 1-thread lanes (logs: $WORK/lane_a.log, $WORK/lane_b.log)"
+    (export OMP_NUM_THREADS=1; lane_a) >"$WORK/lane_a.log" 2>&1 &
+    lane_a_pid=$!
+    (export OMP_NUM_THREADS=1; lane_b) >"$WORK/lane_b.log" 2>&1 &
+    lane_b_pid=$!
+    failed=0
+    wait "$lane_a_pid" || failed=1
+    wait "$lane_b_pid" || failed=1
+    grep -h '^\[zoo' "$WORK/lane_a.log" "$WORK/lane_b.log" || true
+    if ((failed)); then
+        echo "zoo build: a training lane failed; see $WORK/lane_a.log and $WORK/lane_b.log" >&2
+        exit 1
+    fi
+else
+    lane_a
+    lane_b
+fi
 
 # 4. Collect the EMA checkpoints under their zoo names (copy, then rename: atomic).
 install_asset() { cp "$1" "$OUT/.$2.tmp" && mv "$OUT/.$2.tmp" "$OUT/$2"; }
