@@ -152,11 +152,13 @@ install_asset_to "$WORK/shapes16_reference.npz" "$REFERENCE_OUT" shapes16_refere
 
 say "checks: judge and classifier on held-out images, judge on $CHECK_SAMPLES samples"
 evalsuite data heldout --num "$CHECK_IMAGES" --out "$WORK/heldout.npz"
+# Named after the model's hash: a rebuilt model gets a new check batch (an interrupted one resumes).
+CHECK_BATCH="cond_samples_$(sha256sum "$OUT/cond_unet.pt" | cut -c1-12).npz"
 evalsuite sample --model "$OUT/cond_unet.pt" --sampler ddpm --steps 100 --classes balanced \
-    --num-samples "$CHECK_SAMPLES" --batch-size 50 --seed 0 --out "$WORK/cond_samples.npz" --quiet
+    --num-samples "$CHECK_SAMPLES" --batch-size 50 --seed 0 --out "$WORK/$CHECK_BATCH" --quiet
 
 # Accuracy checks, ablation-spec check and manifests (sha256 of every file, read by evalsuite.zoo).
-ZOO_OUT="$OUT" ZOO_REFERENCE_OUT="$REFERENCE_OUT" ZOO_WORK="$WORK" "$PYTHON" - <<'PY'
+ZOO_OUT="$OUT" ZOO_REFERENCE_OUT="$REFERENCE_OUT" ZOO_WORK="$WORK" CHECK_BATCH="$CHECK_BATCH" "$PYTHON" - <<'PY'
 import json
 import os
 from pathlib import Path
@@ -191,7 +193,7 @@ def accuracy(loaded, images, labels, t=0, seed=0):
 
 with np.load(work / "heldout.npz") as batch:
     images, labels = batch["arr_0"], batch["arr_1"]
-with np.load(work / "cond_samples.npz") as batch:
+with np.load(work / os.environ["CHECK_BATCH"]) as batch:
     samples, sample_labels = batch["arr_0"], batch["arr_1"]
 judge = load_checkpoint(out / "judge.pt", "classifier")
 classifier = load_checkpoint(out / "classifier.pt", "classifier")
