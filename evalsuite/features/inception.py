@@ -121,7 +121,8 @@ def tf1_resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
     def grid(in_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # TF1 (half_pixel_centers=False): source = destination * in/out, neighbour clamped.
-        position = torch.arange(size, dtype=torch.float32) * torch.tensor(in_size / size)
+        step = torch.tensor(in_size / size, dtype=torch.float32)
+        position = torch.arange(size, dtype=torch.float32, device=x.device) * step
         low = position.long()
         return low, (low + 1).clamp_max(in_size - 1), position - low.float()
 
@@ -232,7 +233,6 @@ class InceptionFeatureExtractor(torch.nn.Module):
         self.network = network
         self.has_logits = weights.has_logits
         self.feature_names = ("pool", "spatial") + (("logits",) if weights.has_logits else ())
-
         self._workers: CoreWorkers | None = None
 
     def forward(self, images: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
