@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from evalsuite import zoo
 from evalsuite.features import (
@@ -29,7 +28,7 @@ from evalsuite.features import (
     extract_features,
     resolve_inception_weights,
 )
-from evalsuite.models import load_checkpoint
+from evalsuite.judge import class_agreement, judge_predictions, load_judge
 
 K = 3  # ADM: the k-th smallest distance counting the point itself
 JUNK_GRADIENT = 25.0
@@ -51,7 +50,7 @@ def main() -> None:
     extractor = InceptionFeatureExtractor(resolve_inception_weights(None))
     with np.load(zoo.reference()) as stats:
         reference = stats[[k for k in stats.files if "pool" in k][0]].astype(np.float64)
-    judge = load_checkpoint(zoo.asset("judge.pt"), "classifier").model.eval()
+    judge = load_judge(zoo.asset("judge.pt"))
     reference_radii = kth_radii(reference)
     print(
         f"reference: {len(reference)} images, median k-NN radius {np.median(np.sqrt(reference_radii)):.2f}"
@@ -65,10 +64,7 @@ def main() -> None:
         distances = squared_distances(features, reference)
         inside = (distances <= reference_radii[None]).any(1)
         covered = (distances <= radii[:, None]).any(0)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.no_grad():
-            predicted = judge(x, torch.zeros(len(x), dtype=torch.long)).argmax(1).numpy()
-        agree = predicted == labels
+        agree = class_agreement(judge_predictions(judge, images), labels)
         junk = np.abs(np.diff(images.astype(np.float64), axis=1)).mean((1, 2, 3)) > JUNK_GRADIENT
         print(f"{path}: N={len(images)} precision {inside.mean():.3f} recall {covered.mean():.3f}")
         print(
