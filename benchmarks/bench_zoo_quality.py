@@ -8,7 +8,8 @@ with class agreement from the zoo's judge. The script adds the FID of
 uniform-noise images (same N, same reference) and checks the zoo issue's claims:
 
 1. unconditional model + classifier guidance: class agreement rises strongly from scale 0 to the
-   largest scale (by >= 0.3), precision rises and recall falls;
+   largest scale (by >= 0.3), precision rises and recall falls — by at least two standard errors
+   when the sweep ran with --bootstrap (z = change / sqrt(se_0^2 + se_s^2), printed);
 2. at scale 0 the class-conditional model's FID is lower than the unconditional model's, and both
    are far below the FID of pure noise (less than half of it).
 
@@ -33,6 +34,20 @@ def records(run_dir: Path) -> list[dict]:
 def cell(rows: list[dict], class_cond: bool, scale: float) -> dict:
     (row,) = [r for r in rows if r["class_cond"] == class_cond and r["guidance_scale"] == scale]
     return row
+
+
+def change(first: dict, second: dict, metric: str) -> tuple[float, float | None]:
+    """second - first for `metric`, and its z score from the cells' bootstrap standard errors."""
+    delta = second[metric] - first[metric]
+    errors = (first.get(f"{metric}_se"), second.get(f"{metric}_se"))
+    if None in errors:
+        return delta, None
+    return delta, delta / float(np.hypot(*errors))
+
+
+def moved(delta: float, z: float | None, sign: int) -> bool:
+    """The change has the given sign, and (with bootstrap errors) is >= 2 standard errors."""
+    return sign * delta > 0 and (z is None or sign * z >= 2.0)
 
 
 def noise_fid(num: int) -> float:
@@ -66,12 +81,17 @@ def main() -> int:
         )
     print(f"| uniform noise | – | {noise:.2f} | | | |")
 
+    precision = change(uncond0, uncond_top, "precision")
+    recall = change(uncond0, uncond_top, "recall")
+    for name, (delta, z) in (("precision", precision), ("recall", recall)):
+        detail = "" if z is None else f" (z = {z:+.2f})"
+        print(f"guided {name} change, scale 0 -> {top:g}: {delta:+.3f}{detail}")
     checks = {
         f"guided agreement rises by >= 0.3 (scale 0 -> {top:g})": uncond_top["class_agreement"]
         - uncond0["class_agreement"]
         >= 0.3,
-        "guided precision rises": uncond_top["precision"] > uncond0["precision"],
-        "guided recall falls": uncond_top["recall"] < uncond0["recall"],
+        "guided precision rises": moved(*precision, +1),
+        "guided recall falls": moved(*recall, -1),
         "conditional FID < unconditional FID at scale 0": cond0["fid"] < uncond0["fid"],
         "both FIDs < half the FID of noise": max(cond0["fid"], uncond0["fid"]) < noise / 2,
     }

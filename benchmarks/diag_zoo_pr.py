@@ -8,7 +8,10 @@ them by what the samples look like:
 - k-NN radii of the sample manifold (recall grows when samples spread out in feature space);
 - precision of the samples the judge assigns to their requested class and of the others;
 - precision of noise-texture samples (mean absolute vertical pixel difference > 25 grey levels)
-  and of the clean ones.
+  and of the clean ones;
+- the contrast of the images: each image's pixels split into two colours (2-means), contrast =
+  the RGB distance of the two (colours in [0, 1]). Run it on real images too (`evalsuite data
+  heldout --num 500 --out real.npz`) to compare with the data.
 
     Z=evalsuite/zoo_assets
     for s in 0 10; do evalsuite sample --model $Z/uncond_unet.pt --classifier $Z/classifier.pt \
@@ -23,6 +26,7 @@ import argparse
 import numpy as np
 
 from evalsuite import zoo
+from evalsuite.data.shapes import MIN_COLOUR_CONTRAST
 from evalsuite.features import (
     InceptionFeatureExtractor,
     extract_features,
@@ -40,6 +44,27 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def kth_radii(points: np.ndarray) -> np.ndarray:
     return np.sort(squared_distances(points, points), axis=1)[:, K]
+
+
+def share(flags: np.ndarray, subset: np.ndarray) -> float:
+    """Mean of boolean `flags` over `subset` (nan when the subset is empty)."""
+    return float(flags[subset].mean()) if subset.any() else float("nan")
+
+
+def two_colour_contrast(images: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """(N,) RGB distance between the two colours of a 2-means split of each image's pixels."""
+    contrast = np.zeros(len(images))
+    for i, image in enumerate(images.reshape(len(images), -1, 3).astype(np.float64) / 255):
+        # Start from the pixel farthest from the mean and the pixel farthest from that one.
+        first = image[((image - image.mean(0)) ** 2).sum(1).argmax()]
+        second = image[((image - first) ** 2).sum(1).argmax()]
+        for _ in range(iterations):
+            nearer_first = ((image - first) ** 2).sum(1) <= ((image - second) ** 2).sum(1)
+            if nearer_first.all():
+                break
+            first, second = image[nearer_first].mean(0), image[~nearer_first].mean(0)
+        contrast[i] = np.linalg.norm(first - second)
+    return contrast
 
 
 def main() -> None:
@@ -72,13 +97,23 @@ def main() -> None:
             f"mean {np.sqrt(radii).mean():.2f}"
         )
         print(
-            f"  judge agrees on {agree.mean():.3f}: precision {inside[agree].mean():.3f} "
-            f"(agreeing) vs {inside[~agree].mean():.3f} (others)"
+            f"  judge agrees on {agree.mean():.3f}: precision {share(inside, agree):.3f} "
+            f"(agreeing) vs {share(inside, ~agree):.3f} (others)"
         )
         print(
             f"  noise-texture samples {junk.mean():.3f}: precision "
-            f"{inside[junk].mean() if junk.any() else float('nan'):.3f}, "
-            f"clean samples {inside[~junk].mean():.3f}"
+            f"{share(inside, junk):.3f}, clean samples {share(inside, ~junk):.3f}"
+        )
+        contrast = two_colour_contrast(images)
+        faint = (contrast < MIN_COLOUR_CONTRAST) & ~junk
+        print(
+            f"  two-colour contrast mean {contrast.mean():.3f} (clean samples "
+            f"{contrast[~junk].mean():.3f}), 10th percentile {np.quantile(contrast, 0.1):.3f}"
+        )
+        print(
+            f"  clean samples fainter than the data's minimum contrast ({MIN_COLOUR_CONTRAST}): "
+            f"{faint.mean():.3f}, precision {share(inside, faint):.3f} vs "
+            f"{share(inside, ~faint & ~junk):.3f} for the other clean samples"
         )
 
 
