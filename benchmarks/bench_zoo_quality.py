@@ -1,10 +1,11 @@
 """Benchmark: does the zoo show the paper's effects, measured with evalsuite itself?
 
-Run: .venv/bin/python benchmarks/bench_zoo_quality.py [RUN_DIR]   (default runs/sweep)
+Run: .venv/bin/python benchmarks/bench_zoo_quality.py [RUN_DIR ...]   (default runs/sweep)
 
 RUN_DIR is a finished sweep of the zoo's unconditional and conditional models (the default
 `evalsuite sweep`, or one with more samples and larger scales), scored against the zoo reference
-with class agreement from the zoo's judge. The script adds the FID of
+with class agreement from the zoo's judge; several run directories are read as one (e.g. a sweep
+of the unconditional model and one of the conditional model). The script adds the FID of
 uniform-noise images (same N, same reference) and checks the zoo issue's claims:
 
 1. unconditional model + classifier guidance: class agreement rises strongly from scale 0 to the
@@ -63,15 +64,16 @@ def noise_fid(num: int) -> float:
 
 
 def main() -> int:
-    run_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/sweep")
-    rows = records(run_dir)
+    run_dirs = [Path(arg) for arg in sys.argv[1:]] or [Path("runs/sweep")]
+    rows = [row for run_dir in run_dirs for row in records(run_dir)]
     scales = sorted({r["guidance_scale"] for r in rows})
     top = scales[-1]
     uncond0, uncond_top = cell(rows, False, 0.0), cell(rows, False, top)
     cond0 = cell(rows, True, 0.0)
     noise = noise_fid(int(uncond0["num_samples"]))
 
-    print(f"run: {run_dir}  ({uncond0['num_samples']} samples per cell, scales {scales})")
+    names = " ".join(str(run_dir) for run_dir in run_dirs)
+    print(f"run: {names}  ({uncond0['num_samples']} samples per cell, scales {scales})")
     print("| model | scale | FID | precision | recall | class agreement |")
     print("|---|---|---|---|---|---|")
     for row in sorted(rows, key=lambda r: (r["model"], r["guidance_scale"])):

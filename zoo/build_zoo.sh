@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild evalsuite's tiny model zoo from scratch, on CPU, from the procedural shapes dataset.
 #
-#   bash zoo/build_zoo.sh                              # full build, ~1-1.5 h on 2 CPU cores
+#   bash zoo/build_zoo.sh                              # full build, ~1.3 h on 2 CPU cores
 #   ZOO_QUICK=1 bash zoo/build_zoo.sh                  # 5-step smoke build into a temp folder
 #
 # Writes evalsuite/zoo_assets/ (checkpoints, manifest.json) and reference_stats/
@@ -10,7 +10,7 @@
 # What is built, and why, is described in zoo/README.md.
 #
 # Environment: PYTHON (default .venv/bin/python), ZOO_OUT, ZOO_REFERENCE_OUT, ZOO_WORK (where
-# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 10000),
+# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 20000),
 # ZOO_REFERENCE_IMAGES (default 1000), ZOO_LANES (default 2 on 2+ cores), ZOO_QUICK=1 (smoke build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ else
     WORK=${ZOO_WORK:-$HOME/.cache/evalsuite/zoo-build}
     # Main models; the ablation table compares every variant at the two training POINTS.
     # Raising ZOO_MAIN_STEPS and rerunning continues the main runs (same result as a longer run).
-    MAIN_STEPS=${ZOO_MAIN_STEPS:-10000} POINTS=(600 1200) ABLATION_STEPS=1200
+    MAIN_STEPS=${ZOO_MAIN_STEPS:-20000} POINTS=(600 1200) ABLATION_STEPS=1200
     CLASSIFIER_STEPS=4000 JUDGE_STEPS=800
     REFERENCE_IMAGES=${ZOO_REFERENCE_IMAGES:-1000} CHECK_IMAGES=2000 CHECK_SAMPLES=100
 fi
