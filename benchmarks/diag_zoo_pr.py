@@ -1,9 +1,10 @@
 """Why precision/recall move as they do on a zoo sample set: a brute-force breakdown.
 
 For each sample batch given (ADM .npz with labels, e.g. from `evalsuite sample` at two guidance
-scales with the same seed) against the zoo reference statistics, recomputes improved
-precision/recall by brute force (ADM convention: k = 3 counting self, squared L2, <=) and splits
-them by what the samples look like:
+scales with the same seed) against the zoo reference statistics, computes improved
+precision/recall from the full reference x sample and sample x sample distances (evalsuite's
+resample scorer, ADM convention: k = 3 counting self, squared L2, <=) and splits them by what the
+samples look like:
 
 - k-NN radii of the sample manifold (recall grows when samples spread out in feature space);
 - precision of the samples the judge assigns to their requested class and of the others;
@@ -30,7 +31,7 @@ import argparse
 import numpy as np
 
 from evalsuite import zoo
-from evalsuite.bootstrap import PrecisionRecallMatrices
+from evalsuite.bootstrap import PrecisionRecallMatrices, reference_radii
 from evalsuite.data.shapes import MIN_COLOUR_CONTRAST
 from evalsuite.features import (
     InceptionFeatureExtractor,
@@ -41,14 +42,6 @@ from evalsuite.judge import class_agreement, judge_predictions, load_judge
 
 K = 3  # ADM: the k-th smallest distance counting the point itself
 JUNK_GRADIENT = 25.0
-
-
-def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return ((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T).clip(0)
-
-
-def kth_radii(points: np.ndarray) -> np.ndarray:
-    return np.sort(squared_distances(points, points), axis=1)[:, K]
 
 
 def share(flags: np.ndarray, subset: np.ndarray) -> float:
@@ -83,26 +76,25 @@ def main() -> None:
 
     extractor = InceptionFeatureExtractor(resolve_inception_weights(None))
     with np.load(zoo.reference()) as stats:
-        reference = stats[[k for k in stats.files if "pool" in k][0]].astype(np.float64)
+        reference = stats[[k for k in stats.files if "pool" in k][0]].astype(np.float32)
     judge = load_judge(zoo.asset("judge.pt"))
-    reference_radii = kth_radii(reference)
+    radii_reference = reference_radii(reference, K)
     print(
-        f"reference: {len(reference)} images, median k-NN radius {np.median(np.sqrt(reference_radii)):.2f}"
+        f"reference: {len(reference)} images, "
+        f"median k-NN radius {np.median(np.sqrt(radii_reference)):.2f}"
     )
     for path in args.batches:
         with np.load(path) as batch:
             images, labels = batch["arr_0"], batch["arr_1"]
         features = extract_features(iter([images]), extractor, progress=False)["pool"]
-        features = features.astype(np.float64)
-        if args.paired:
-            scorers.append(PrecisionRecallMatrices(features, reference, reference_radii, K))
-        radii = kth_radii(features)
-        distances = squared_distances(features, reference)
-        inside = (distances <= reference_radii[None]).any(1)
-        covered = (distances <= radii[:, None]).any(0)
+        scorer = PrecisionRecallMatrices(features, reference, radii_reference, K)
+        scorers.append(scorer)
+        precision, recall = scorer.scores(np.arange(len(features)))
+        inside = scorer.sample_in_reference
+        radii = np.maximum(np.partition(scorer.self_distances, K, axis=1)[:, K], 0.0)
         agree = class_agreement(judge_predictions(judge, images), labels)
         junk = np.abs(np.diff(images.astype(np.float64), axis=1)).mean((1, 2, 3)) > JUNK_GRADIENT
-        print(f"{path}: N={len(images)} precision {inside.mean():.3f} recall {covered.mean():.3f}")
+        print(f"{path}: N={len(images)} precision {precision:.3f} recall {recall:.3f}")
         print(
             f"  sample k-NN radius median {np.median(np.sqrt(radii)):.2f}, "
             f"mean {np.sqrt(radii).mean():.2f}"
