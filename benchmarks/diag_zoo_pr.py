@@ -88,8 +88,8 @@ def main() -> None:
             images, labels = batch["arr_0"], batch["arr_1"]
         features = extract_features(iter([images]), extractor, progress=False)["pool"]
         scorer = PrecisionRecallMatrices(features, reference, radii_reference, K)
-        scorers.append(scorer)
         precision, recall = scorer.scores(np.arange(len(features)))
+        scorers.append((scorer, (precision, recall)))
         inside = scorer.sample_in_reference
         radii = np.maximum(np.partition(scorer.self_distances, K, axis=1)[:, K], 0.0)
         agree = class_agreement(judge_predictions(judge, images), labels)
@@ -124,16 +124,19 @@ def main() -> None:
 
 
 def paired_changes(paths: list[str], scorers: list, num_resamples: int) -> None:
-    """Paired bootstrap of the precision/recall change from the first batch to the others."""
-    first, n = scorers[0], len(scorers[0].sample_in_reference)
+    """Paired bootstrap of the precision/recall change from the first batch to the others.
+
+    scorers: (PrecisionRecallMatrices, (precision, recall) of the whole batch) per batch.
+    """
+    (first, first_scores), n = scorers[0], len(scorers[0][0].sample_in_reference)
     rng = np.random.default_rng(0)
     indices = [rng.integers(0, n, n) for _ in range(num_resamples)]
     base = np.array([first.scores(index) for index in indices])
-    for path, scorer in zip(paths[1:], scorers[1:], strict=True):
+    for path, (scorer, scores) in zip(paths[1:], scorers[1:], strict=True):
         if len(scorer.sample_in_reference) != n:
             print(f"{path}: not paired ({len(scorer.sample_in_reference)} samples, not {n})")
             continue
-        whole = np.subtract(scorer.scores(np.arange(n)), first.scores(np.arange(n)))
+        whole = np.subtract(scores, first_scores)
         deltas = np.array([scorer.scores(index) for index in indices]) - base
         for j, name in enumerate(("precision", "recall")):
             low, high = np.quantile(deltas[:, j], [0.025, 0.975])
