@@ -100,6 +100,7 @@ def train_unet(
     batch_size: int,
     lr: float = 3e-4,
     ema_rate: float = 0.995,
+    lr_anneal_steps: int = 0,
     seed: int = 0,
     dataset: str = "shapes",
     image_size: int | None = None,
@@ -118,7 +119,9 @@ def train_unet(
         out: output folder (see the module docstring for its layout).
         steps: total optimizer steps of the run (a resumed run continues up to it).
         batch_size: images per step.
-        lr, weight_decay: AdamW, constant learning rate.
+        lr, weight_decay: AdamW learning rate (constant) and weight decay.
+        lr_anneal_steps: if > 0, the last `lr_anneal_steps` steps of the run lower the learning
+            rate linearly from `lr` to `lr / lr_anneal_steps` (constant before them).
         ema_rate: EMA decay; the decay at update n is min(ema_rate, (1+n)/(10+n)) so that short
             runs are not dominated by the initial weights (0.995 ~ averaging the last 200 steps).
         seed: model initialisation and every per-step draw.
@@ -183,6 +186,7 @@ def train_unet(
         out=Path(out),
         steps=steps,
         save_at=save_at,
+        lr_anneal_steps=lr_anneal_steps,
         log_every=log_every,
         state_every=state_every,
         resume=resume,
@@ -200,6 +204,7 @@ def train_classifier(
     batch_size: int,
     lr: float = 3e-4,
     ema_rate: float = 0.995,
+    lr_anneal_steps: int = 0,
     seed: int = 0,
     dataset: str = "shapes",
     image_size: int | None = None,
@@ -259,6 +264,7 @@ def train_classifier(
         out=Path(out),
         steps=steps,
         save_at=save_at,
+        lr_anneal_steps=lr_anneal_steps,
         log_every=log_every,
         state_every=state_every,
         resume=resume,
@@ -366,8 +372,35 @@ def _trim_log(path: Path, last_step: int) -> None:
         temporary.write_text("".join(line + "\n" for line in kept))
 
 
+@dataclass(frozen=True)
+class LRSchedule:
+    """Learning-rate factor per step: 1, then a linear decay over the last `anneal_steps`."""
+
+    steps: int
+    anneal_steps: int = 0
+
+    @property
+    def anneal_start(self) -> float:
+        """The last step at full learning rate (infinite without annealing)."""
+        return self.steps - self.anneal_steps if self.anneal_steps else math.inf
+
+    def factor(self, step: int) -> float:
+        """Factor of the base learning rate at (1-based) step `step`."""
+        if step <= self.anneal_start:
+            return 1.0
+        return (self.steps - step + 1) / self.anneal_steps
+
+    def agrees_until(self, other: LRSchedule, step: int) -> bool:
+        """Whether both schedules give the same factor at every step up to `step`."""
+        return self == other or min(self.anneal_start, other.anneal_start) >= step
+
+
 def _load_state(
-    path: Path, options: TrainOptions, configs: dict[str, Any], steps: int
+    path: Path,
+    options: TrainOptions,
+    configs: dict[str, Any],
+    steps: int,
+    schedule: LRSchedule,
 ) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     recorded = {"options": state["options"], **state["configs"]}
@@ -388,6 +421,16 @@ def _load_state(
             f"{path} is already at step {state['step']}, past the requested {steps} steps; "
             f"ask for at least {state['step']} steps or use another output folder"
         )
+    # States written before learning-rate annealing existed ran at a constant rate.
+    saved = LRSchedule(**state.get("lr_schedule", {"steps": state["step"]}))
+    if not saved.agrees_until(schedule, state["step"]):
+        raise EvalsuiteError(
+            f"{path} was trained with another learning-rate schedule up to its step "
+            f"{state['step']} (run of {saved.steps} steps, the last {saved.anneal_steps} "
+            f"annealed); resume it with --steps {saved.steps} --lr-anneal-steps "
+            f"{saved.anneal_steps}, anneal only after step {state['step']}, or use another "
+            f"output folder"
+        )
     return state
 
 
@@ -401,6 +444,7 @@ def _train(
     out: Path,
     steps: int,
     save_at: Sequence[int],
+    lr_anneal_steps: int,
     log_every: int,
     state_every: int,
     resume: bool,
@@ -416,6 +460,11 @@ def _train(
         log_every=log_every,
         state_every=state_every,
     )
+    if not 0 <= lr_anneal_steps <= steps:
+        raise EvalsuiteError(
+            f"lr_anneal_steps must be in 0..{steps} (the run's steps), got {lr_anneal_steps}"
+        )
+    lr_schedule = LRSchedule(steps, lr_anneal_steps)
     out.mkdir(parents=True, exist_ok=True)
     state_path, log_path, final_path = out / STATE_NAME, out / LOG_NAME, out / f"{kind}.pt"
     configs = {
@@ -434,7 +483,7 @@ def _train(
     )
     start_step = 0
     if resume and state_path.exists():
-        state = _load_state(state_path, options, configs, steps)
+        state = _load_state(state_path, options, configs, steps, lr_schedule)
         model.load_state_dict(state["model"])
         ema_model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -454,18 +503,18 @@ def _train(
             f"cannot write the step {missed} checkpoints: the run resumes from step {start_step}; "
             f"disable resuming to train from scratch"
         )
-    _write_json(
-        out / CONFIG_NAME, {**configs, "training": {**dataclasses.asdict(options), "steps": steps}}
-    )
+    training = {**dataclasses.asdict(options), "lr_anneal_steps": lr_anneal_steps}
+    _write_json(out / CONFIG_NAME, {**configs, "training": {**training, "steps": steps}})
 
     def extra(step: int) -> dict[str, Any]:
-        return {"weights": "ema", "training": {**dataclasses.asdict(options), "steps": step}}
+        return {"weights": "ema", "training": {**training, "steps": step}}
 
     def save_state(step: int) -> None:
         _save_state(
             state_path,
             {
                 "step": step,
+                "lr_schedule": dataclasses.asdict(lr_schedule),
                 "options": dataclasses.asdict(options),
                 "configs": configs,
                 "model": model.state_dict(),
@@ -490,6 +539,8 @@ def _train(
             raise EvalsuiteError(
                 f"the loss became {loss.item()} at step {step}; lower the learning rate"
             )
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr * lr_schedule.factor(step)
         optimizer.step()
         # EMA with warm-up: decay min(ema_rate, (1+n)/(10+n)) at update n.
         _update_ema(ema_model, model, min(options.ema_rate, step / (step + 9)))

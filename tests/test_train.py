@@ -19,7 +19,14 @@ from evalsuite.models import (
     UNetConfig,
     load_checkpoint,
 )
-from evalsuite.train import STATE_NAME, _batch, _step_generator, train_classifier, train_unet
+from evalsuite.train import (
+    STATE_NAME,
+    LRSchedule,
+    _batch,
+    _step_generator,
+    train_classifier,
+    train_unet,
+)
 
 # Tiny class-conditional UNet: 8x8, two levels of width 32, attention at 4x4.
 TINY_UNET = UNetConfig(
@@ -122,6 +129,50 @@ def test_resume_refuses_other_settings_and_global_rng_is_untouched(tmp_path) -> 
     assert [record["step"] for record in _log(tmp_path)] == [1]
 
 
+def test_lr_schedule_anneals_linearly_over_the_last_steps() -> None:
+    assert [LRSchedule(5).factor(step) for step in range(1, 6)] == [1.0] * 5
+    assert [LRSchedule(5, 2).factor(step) for step in range(1, 6)] == [1, 1, 1, 1.0, 0.5]
+    assert [LRSchedule(4, 4).factor(step) for step in range(1, 5)] == [1.0, 0.75, 0.5, 0.25]
+    # Two schedules agree up to a step when neither has started annealing by then.
+    assert LRSchedule(20).agrees_until(LRSchedule(30, 10), 20)
+    assert not LRSchedule(20).agrees_until(LRSchedule(30, 11), 20)
+    assert not LRSchedule(30, 10).agrees_until(LRSchedule(40, 10), 25)
+
+
+def test_annealed_run_resumes_from_a_constant_rate_state(tmp_path) -> None:
+    # Constant rate up to step 2, then annealing over steps 3..4: the same weights whether the
+    # run is made at once or continued from a constant-rate run stopped at step 2.
+    straight, continued, constant = tmp_path / "straight", tmp_path / "continued", tmp_path / "c"
+    annealed = {**TRAINING, "lr_anneal_steps": 2}
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=straight, steps=4, **annealed)
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=continued, steps=2, **TRAINING)
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=continued, steps=4, **annealed)
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=constant, steps=4, **TRAINING)
+    first = torch.load(straight / STATE_NAME, weights_only=True)
+    second = torch.load(continued / STATE_NAME, weights_only=True)
+    _assert_same_tensors(first["model"], second["model"])
+    _assert_same_tensors(first["ema"], second["ema"])
+    # Annealing changed the last step (half the rate) but not the ones before it.
+    third = torch.load(constant / STATE_NAME, weights_only=True)
+    assert any(not torch.equal(first["model"][k], third["model"][k]) for k in third["model"])
+    assert _log(straight)[:3] == [
+        {**record, "seconds_per_step": straight_record["seconds_per_step"]}
+        for record, straight_record in zip(_log(constant)[:3], _log(straight)[:3], strict=True)
+    ]
+    assert load_checkpoint(straight / "unet.pt", "unet").extra["training"]["lr_anneal_steps"] == 2
+    # A state already annealed under one schedule cannot continue under another.
+    with pytest.raises(EvalsuiteError, match="learning-rate schedule"):
+        train_unet(TINY_UNET, TINY_DIFFUSION, out=straight, steps=6, **annealed)
+    with pytest.raises(EvalsuiteError, match="lr_anneal_steps"):
+        train_unet(
+            TINY_UNET,
+            TINY_DIFFUSION,
+            out=tmp_path / "bad",
+            steps=2,
+            **{**TRAINING, "lr_anneal_steps": 3},
+        )
+
+
 def test_batches_depend_only_on_seed_and_step() -> None:
     from evalsuite.train import TrainOptions
 
@@ -222,11 +273,13 @@ def test_train_command_end_to_end(tmp_path) -> None:
         "--classifier_attention_resolutions 4 --num_classes 10 --diffusion_steps 50"
     )
     args = ["train", "classifier", "--clean", "--flags", flags, "--out", str(tmp_path)]
-    args += ["--steps", "2", "--batch-size", "2", "--save-at", "1", "--quiet"]
+    args += ["--lr-anneal-steps", "1", "--steps", "2", "--batch-size", "2", "--save-at", "1"]
+    args += ["--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "classifier.pt" in result.output
     loaded = load_checkpoint(tmp_path / "classifier_step1.pt", "classifier")
     assert loaded.step == 1 and loaded.model_config.classifier_width == 32
+    assert loaded.extra["training"]["lr_anneal_steps"] == 1
     bad = CliRunner().invoke(main, [*args[:-5], "--steps", "2", "--save-at", "one"])
     assert bad.exit_code == 2 and "--save-at" in bad.output
