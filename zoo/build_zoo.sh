@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild evalsuite's tiny model zoo from scratch, on CPU, from the procedural shapes dataset.
 #
-#   bash zoo/build_zoo.sh                              # full build, ~1.3 h on 2 CPU cores
+#   bash zoo/build_zoo.sh                              # full build, ~1.7 h on 2 CPU cores
 #   ZOO_QUICK=1 bash zoo/build_zoo.sh                  # 5-step smoke build into a temp folder
 #
 # Writes evalsuite/zoo_assets/ (checkpoints, manifest.json) and reference_stats/
@@ -10,7 +10,8 @@
 # What is built, and why, is described in zoo/README.md.
 #
 # Environment: PYTHON (default .venv/bin/python), ZOO_OUT, ZOO_REFERENCE_OUT, ZOO_WORK (where
-# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 20000),
+# training runs live; default ~/.cache/evalsuite/zoo-build), ZOO_MAIN_STEPS (default 28000),
+# ZOO_MAIN_ANNEAL_STEPS (default 8000: the main runs' last steps lower the learning rate),
 # ZOO_REFERENCE_IMAGES (default 1000), ZOO_LANES (default 2 on 2+ cores), ZOO_QUICK=1 (smoke build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,15 +23,19 @@ if [[ "${ZOO_QUICK:-0}" == 1 ]]; then
     OUT=${ZOO_OUT:-$scratch/zoo_assets}
     REFERENCE_OUT=${ZOO_REFERENCE_OUT:-$scratch/reference_stats}
     WORK=${ZOO_WORK:-$scratch/work}
-    MAIN_STEPS=5 POINTS=(2 4) ABLATION_STEPS=4 CLASSIFIER_STEPS=5 JUDGE_STEPS=5
+    MAIN_STEPS=5 MAIN_ANNEAL_STEPS=2 POINTS=(2 4) ABLATION_STEPS=4 CLASSIFIER_STEPS=5 JUDGE_STEPS=5
     REFERENCE_IMAGES=64 CHECK_IMAGES=64 CHECK_SAMPLES=4
 else
     OUT=${ZOO_OUT:-evalsuite/zoo_assets}
     REFERENCE_OUT=${ZOO_REFERENCE_OUT:-reference_stats}
     WORK=${ZOO_WORK:-$HOME/.cache/evalsuite/zoo-build}
-    # Main models; the ablation table compares every variant at the two training POINTS.
-    # Raising ZOO_MAIN_STEPS and rerunning continues the main runs (same result as a longer run).
-    MAIN_STEPS=${ZOO_MAIN_STEPS:-20000} POINTS=(600 1200) ABLATION_STEPS=1200
+    # Main models: a constant learning rate, then a linear decay over the last
+    # ZOO_MAIN_ANNEAL_STEPS. A build whose main runs have not started annealing continues them
+    # when rerun with other step counts (same weights as one run of the new length); annealed
+    # runs can only be finished with their own counts. The ablation table compares every variant
+    # at the two training POINTS (constant learning rate up to there).
+    MAIN_STEPS=${ZOO_MAIN_STEPS:-28000} MAIN_ANNEAL_STEPS=${ZOO_MAIN_ANNEAL_STEPS:-8000}
+    POINTS=(600 1200) ABLATION_STEPS=1200
     CLASSIFIER_STEPS=4000 JUDGE_STEPS=800
     REFERENCE_IMAGES=${ZOO_REFERENCE_IMAGES:-1000} CHECK_IMAGES=2000 CHECK_SAMPLES=100
 fi
@@ -69,14 +74,14 @@ ABLATIONS=(
 # 1. Class-conditional and unconditional UNets (the paper's Table 4 pair). The conditional run
 #    also saves the ablation baseline at the two training points (same seed as the variants).
 train_cond() {
-    say "class-conditional UNet: $MAIN_STEPS steps"
+    say "class-conditional UNet: $MAIN_STEPS steps, the last $MAIN_ANNEAL_STEPS annealed"
     evalsuite train unet --out "$WORK/cond" --steps "$MAIN_STEPS" --seed 0 --save-at "$points" \
-        "${TRAINING[@]}" --flags "$UNET --class_cond True"
+        --lr-anneal-steps "$MAIN_ANNEAL_STEPS" "${TRAINING[@]}" --flags "$UNET --class_cond True"
 }
 train_uncond() {
-    say "unconditional UNet: $MAIN_STEPS steps"
+    say "unconditional UNet: $MAIN_STEPS steps, the last $MAIN_ANNEAL_STEPS annealed"
     evalsuite train unet --out "$WORK/uncond" --steps "$MAIN_STEPS" --seed 1 \
-        "${TRAINING[@]}" --flags "$UNET --class_cond False"
+        --lr-anneal-steps "$MAIN_ANNEAL_STEPS" "${TRAINING[@]}" --flags "$UNET --class_cond False"
 }
 # 2. Architecture ablations (Tables 1-3): one change each from the baseline, same seed, data
 #    order, noise and budget; checkpoints at the two training points.
