@@ -2,8 +2,9 @@
 
 What it trains (ADM protocol §4, §6):
 - `train_unet`: the IDDPM hybrid objective (eps MSE + variational bound with the mean detached,
-  learned-range variance) at timesteps drawn uniformly over the T training steps, AdamW,
-  constant learning rate, an exponential moving average (EMA) of the weights. Class-conditional
+  learned-range variance) at timesteps drawn uniformly over the T training steps, AdamW at a
+  constant learning rate (optionally lowered linearly over the run's last steps), an exponential
+  moving average (EMA) of the weights. Class-conditional
   models get the labels of their images (no label dropout).
 - `train_classifier`: with `noised=True` the noise-aware classifier of the paper, trained with
   cross-entropy on x_t ~ q(x_t | x_0) at uniformly drawn t and given the original timestep;
@@ -76,7 +77,8 @@ LossFn = Callable[[nn.Module, Tensor, Tensor, torch.Generator], tuple[Tensor, di
 class TrainOptions:
     """Everything besides the configs that determines the weights after a given step.
 
-    A run can only be resumed with the same options (the number of steps may grow).
+    A run can only be resumed with the same options (the number of steps may grow, and the
+    learning-rate schedule may change where it has not yet acted: see `LRSchedule`).
     `task` is "unet", "classifier_noised" or "classifier_clean".
     """
 
