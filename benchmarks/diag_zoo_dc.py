@@ -65,10 +65,6 @@ def probe(model, schedule, x0: torch.Tensor, kwargs: dict) -> None:
 
 def tune_high_t(loaded, schedule, steps: int, min_t: int) -> torch.nn.Module:
     """A copy of the model fine-tuned on t >= min_t only; returns its EMA weights."""
-    model = copy.deepcopy(loaded.model).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    size = loaded.model_config.image_size
     options = TrainOptions(
         task="unet",
         batch_size=32,
@@ -77,8 +73,12 @@ def tune_high_t(loaded, schedule, steps: int, min_t: int) -> torch.nn.Module:
         ema_rate=0.995,
         seed=5,
         dataset="shapes",
-        image_size=size,
+        image_size=loaded.model_config.image_size,
     )
+    model = copy.deepcopy(loaded.model).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr)
+    diffusion = loaded.diffusion_config
     generator = torch.Generator().manual_seed(123)
     for _ in range(steps):
         x0, labels = _batch(options, generator)
@@ -90,14 +90,15 @@ def tune_high_t(loaded, schedule, steps: int, min_t: int) -> torch.nn.Module:
             x0,
             t,
             noise=noise,
-            learn_sigma=loaded.diffusion_config.learn_sigma,
-            predict_xstart=loaded.diffusion_config.predict_xstart,
+            learn_sigma=diffusion.learn_sigma,
+            predict_xstart=diffusion.predict_xstart,
             model_kwargs={"y": labels} if loaded.model_config.class_cond else None,
+            rescale_timesteps=diffusion.rescale_timesteps,
         )
         optimizer.zero_grad()
         losses["loss"].mean().backward()
         optimizer.step()
-        _update_ema(ema, model, 0.995)
+        _update_ema(ema, model, options.ema_rate)
     return ema
 
 

@@ -401,7 +401,6 @@ def _load_state(
     path: Path,
     options: TrainOptions,
     configs: dict[str, Any],
-    steps: int,
     schedule: LRSchedule,
 ) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -418,9 +417,9 @@ def _load_state(
             f"{path} belongs to a run with other settings: {'; '.join(differences)}; "
             f"use another output folder or disable resuming to start over"
         )
-    if state["step"] > steps:
+    if state["step"] > schedule.steps:
         raise EvalsuiteError(
-            f"{path} is already at step {state['step']}, past the requested {steps} steps; "
+            f"{path} is already at step {state['step']}, past the requested {schedule.steps} steps; "
             f"ask for at least {state['step']} steps or use another output folder"
         )
     # States written before learning-rate annealing existed ran at a constant rate.
@@ -485,7 +484,7 @@ def _train(
     )
     start_step = 0
     if resume and state_path.exists():
-        state = _load_state(state_path, options, configs, steps, lr_schedule)
+        state = _load_state(state_path, options, configs, lr_schedule)
         model.load_state_dict(state["model"])
         ema_model.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
