@@ -5,6 +5,7 @@ Without `torchrun` (no WORLD_SIZE in the environment) everything is a single pro
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -23,9 +24,18 @@ def world() -> tuple[int, int]:
             else "gloo"
         )
         torch_dist.init_process_group(backend=backend)
+        # Tear the group down before the interpreter does: gloo's threads destroyed at exit
+        # otherwise abort the process now and then ("terminate called without an active
+        # exception"), failing a run that had finished.
+        atexit.register(_destroy)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
+def _destroy() -> None:
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
 
 
 def is_main() -> bool:
