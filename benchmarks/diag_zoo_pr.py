@@ -13,6 +13,10 @@ samples look like:
 - the contrast of the images: each image's pixels split into two colours (2-means), contrast =
   the RGB distance of the two (colours in [0, 1]). Run it on real images too (`evalsuite data
   heldout --num 500 --out real.npz`) to compare with the data;
+- with --reference-images NPZ (the images behind the reference statistics, in the same order,
+  e.g. `evalsuite data reference --num 1000 --out ref.npz` for the zoo's): recall split by the
+  reference images' contrast, i.e. which real images the samples cover — faint (weak class
+  evidence), middle or vivid ones;
 - with --paired R: a paired bootstrap of the precision/recall change from the first batch to
   each later one of the same size (batches drawn with the same seed share the initial noise and
   classes of sample i, so both are resampled with the same indices; R resamples, evalsuite's
@@ -22,6 +26,9 @@ samples look like:
     for s in 0 10; do evalsuite sample --model $Z/uncond_unet.pt --classifier $Z/classifier.pt \
         --guidance-scale $s --sampler ddim --steps ddim25 --num-samples 500 --out s$s.npz; done
     .venv/bin/python benchmarks/diag_zoo_pr.py s0.npz s10.npz
+
+--reference and --judge replace the zoo's reference statistics and judge (e.g. for a zoo rebuilt
+into another folder).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from evalsuite.judge import class_agreement, judge_predictions, load_judge
 
 K = 3  # ADM: the k-th smallest distance counting the point itself
 JUNK_GRADIENT = 25.0
+# Reference-image contrast bands for the recall breakdown: faint, middle, vivid.
+CONTRAST_BANDS = ((0.0, 0.35), (0.35, 0.7), (0.7, np.inf))
 
 
 def share(flags: np.ndarray, subset: np.ndarray) -> float:
@@ -71,18 +80,40 @@ def main() -> None:
     parser.add_argument(
         "--paired", type=int, default=0, metavar="R", help="paired bootstrap resamples (0: off)"
     )
+    parser.add_argument("--reference", help="reference statistics (default: the zoo's)")
+    parser.add_argument("--judge", help="judge classifier (default: the zoo's)")
+    parser.add_argument(
+        "--reference-images", help="the reference statistics' images (.npz): recall by contrast"
+    )
     args = parser.parse_args()
     scorers = []
 
     extractor = InceptionFeatureExtractor(resolve_inception_weights(None))
-    with np.load(zoo.reference()) as stats:
+    with np.load(args.reference or zoo.reference()) as stats:
         reference = stats[[k for k in stats.files if "pool" in k][0]].astype(np.float32)
-    judge = load_judge(zoo.asset("judge.pt"))
+    judge = load_judge(args.judge or zoo.asset("judge.pt"))
     radii_reference = reference_radii(reference, K)
     print(
         f"reference: {len(reference)} images, "
         f"median k-NN radius {np.median(np.sqrt(radii_reference)):.2f}"
     )
+    bands = []
+    if args.reference_images:
+        with np.load(args.reference_images) as batch:
+            reference_contrast = two_colour_contrast(batch["arr_0"])
+        if len(reference_contrast) != len(reference):
+            raise SystemExit(
+                f"--reference-images holds {len(reference_contrast)} images, the reference "
+                f"statistics {len(reference)}: give the images the statistics were made from"
+            )
+        bands = [
+            (low, high, (reference_contrast >= low) & (reference_contrast < high))
+            for low, high in CONTRAST_BANDS
+        ]
+        print(
+            "  reference images by contrast: "
+            + ", ".join(f"[{low:g}, {high:g}) {members.mean():.3f}" for low, high, members in bands)
+        )
     for path in args.batches:
         with np.load(path) as batch:
             images, labels = batch["arr_0"], batch["arr_1"]
@@ -90,11 +121,21 @@ def main() -> None:
         scorer = PrecisionRecallMatrices(features, reference, radii_reference, K)
         precision, recall = scorer.scores(np.arange(len(features)))
         scorers.append((scorer, (precision, recall)))
+        print(f"{path}: N={len(images)} precision {precision:.3f} recall {recall:.3f}")
         inside = scorer.sample_in_reference
         radii = np.maximum(np.partition(scorer.self_distances, K, axis=1)[:, K], 0.0)
+        if bands:
+            # Which reference images the whole batch covers (recall per reference image).
+            covered = (scorer.cross <= radii[None, :]).any(axis=1)
+            print(
+                "  recall by reference contrast: "
+                + ", ".join(
+                    f"[{low:g}, {high:g}) {share(covered, members):.3f}"
+                    for low, high, members in bands
+                )
+            )
         agree = class_agreement(judge_predictions(judge, images), labels)
         junk = np.abs(np.diff(images.astype(np.float64), axis=1)).mean((1, 2, 3)) > JUNK_GRADIENT
-        print(f"{path}: N={len(images)} precision {precision:.3f} recall {recall:.3f}")
         print(
             f"  sample k-NN radius median {np.median(np.sqrt(radii)):.2f}, "
             f"mean {np.sqrt(radii).mean():.2f}"

@@ -13,6 +13,7 @@ from evalsuite.data import (
     render_shapes,
     write_adm_batch,
 )
+from evalsuite.data.shapes import CONTRAST_RANGE, _draw_parameters
 from evalsuite.errors import EvalsuiteError
 
 
@@ -66,7 +67,10 @@ def test_images_are_drawn_not_blank() -> None:
     # Each image holds a foreground shape on a background: a wide spread of pixel values.
     pixels = images.reshape(50, -1, 3).astype(np.int64)
     spread = (pixels.max(axis=1) - pixels.min(axis=1)).max(axis=1)
-    assert (spread > 60).all()
+    # The faintest pair (contrast 0.15) still differs by >= 0.15 / sqrt(3) * 255 = 22 levels in
+    # some channel, less a margin for the pixel noise (std 3).
+    assert (spread > 12).all()
+    assert np.median(spread) > 60
     # Pose varies: no two images identical.
     assert len({image.tobytes() for image in images}) == 50
 
@@ -118,3 +122,18 @@ def test_write_adm_batch(tmp_path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["batch.npz"]
     with pytest.raises(EvalsuiteError, match="uint8"):
         write_adm_batch(tmp_path / "bad.npz", images.astype(np.float32), labels)
+
+
+def test_class_evidence_strength_varies_over_the_contrast_range() -> None:
+    # Each image's foreground/background contrast follows its own uniform target over
+    # CONTRAST_RANGE, so faint (weak-evidence) and vivid images both occur in every class.
+    low, high = CONTRAST_RANGE
+    params = np.stack([_draw_parameters(3, index, 16)[0] for index in range(3000)])
+    contrast = np.linalg.norm(params[:, 4:7] - params[:, 7:10], axis=1)
+    assert contrast.min() >= low
+    for label in range(len(CLASS_NAMES)):
+        of_class = contrast[np.arange(3000) % len(CLASS_NAMES) == label]
+        assert (of_class < 0.35).mean() > 0.08  # ~15% overall
+        assert (of_class > 0.8).mean() > 0.1  # ~20% overall
+    # Nearest of 8 candidates to a uniform target: close to uniform over the range.
+    assert abs(np.median(contrast) - (low + high) / 2) < 0.05

@@ -2,9 +2,10 @@
 
 Ten classes that differ only in SHAPE. Everything else is drawn at random per image and is
 independent of the class: position, size, rotation (full turn; every class is still a different
-shape under any rotation), foreground and background colour, and mild pixel noise. Colour
-therefore carries no class information, and a model that covers only a few poses or colours of a
-class has visibly low diversity (recall).
+shape under any rotation), foreground and background colour, the contrast between them (from
+faint to vivid: how strongly an image shows its class), and mild pixel noise. Colour therefore
+carries no class information, and a model that covers only a few poses, colours or contrasts of
+a class has visibly low diversity (recall).
 
 Reproducibility: image `index` of a seed is drawn from its own generator
 `np.random.default_rng([seed, index])`, so any slice can be regenerated alone and the result does
@@ -51,11 +52,17 @@ SPLITS: dict[str, int] = {
 SUPERSAMPLING = 4
 # Shape radius (circumscribed, before clipping) as a fraction of the image size.
 RADIUS_RANGE = (0.28, 0.45)
-# Minimum Euclidean RGB distance (colours in [0, 1]) between foreground and background.
-MIN_COLOUR_CONTRAST = 0.45
+# Colour contrast: the Euclidean RGB distance (colours in [0, 1]) between foreground and
+# background. Each image draws a target contrast uniformly from this range and takes the
+# candidate foreground colour nearest to it, so the strength of an image's class evidence varies:
+# a faint shape is still its class, but a noise-aware classifier is less sure of it at high noise
+# (as with small or cluttered objects on ImageNet). That is the within-class variation classifier
+# guidance trades away: guided samples favour the clearest images of a class, so recall falls.
+CONTRAST_RANGE = (0.15, 1.0)
+MIN_COLOUR_CONTRAST = CONTRAST_RANGE[0]
 # Standard deviation of the additive Gaussian pixel noise, in uint8 units.
 NOISE_STD = 3.0
-# Colour candidates drawn per image to meet MIN_COLOUR_CONTRAST.
+# Colour candidates drawn per image to meet the target contrast.
 _COLOUR_CANDIDATES = 8
 
 
@@ -111,8 +118,9 @@ def _draw_parameters(seed: int, index: int, image_size: int) -> tuple[np.ndarray
     foreground RGB, background RGB [0, 1]; noise float64 (image_size, image_size, 3) in uint8 units).
     """
     rng = np.random.default_rng([seed, index])
-    # One draw of uniforms: radius, centre (2), angle, background (3), foreground candidates.
-    uniform = rng.random(7 + 3 * _COLOUR_CANDIDATES)
+    # One draw of uniforms: radius, centre (2), angle, background (3), target contrast,
+    # foreground candidates.
+    uniform = rng.random(8 + 3 * _COLOUR_CANDIDATES)
     low, high = RADIUS_RANGE
     radius = image_size * (low + (high - low) * uniform[0])
     # Centre anywhere that keeps at least 80% of the radius inside the image.
@@ -120,11 +128,13 @@ def _draw_parameters(seed: int, index: int, image_size: int) -> tuple[np.ndarray
     centre = margin + (image_size - 2 * margin) * uniform[1:3]
     angle = 2 * np.pi * uniform[3]
     background = uniform[4:7]
-    candidates = uniform[7:].reshape(_COLOUR_CANDIDATES, 3)
-    squared_contrast = ((candidates - background) ** 2).sum(axis=1)
-    good = np.flatnonzero(squared_contrast >= MIN_COLOUR_CONTRAST**2)
+    low, high = CONTRAST_RANGE
+    target = low + (high - low) * uniform[7]
+    candidates = uniform[8:].reshape(_COLOUR_CANDIDATES, 3)
+    contrast = np.sqrt(((candidates - background) ** 2).sum(axis=1))
+    good = np.flatnonzero(contrast >= low)
     if good.size:
-        foreground = candidates[good[0]]
+        foreground = candidates[good[np.argmin(np.abs(contrast[good] - target))]]
     else:
         # Rare fallback: black or white, whichever is farther from the background.
         foreground = np.full(3, 0.0 if background.mean() > 0.5 else 1.0)
