@@ -39,7 +39,7 @@ import numpy as np
 
 from evalsuite import zoo
 from evalsuite.bootstrap import PrecisionRecallMatrices, reference_radii
-from evalsuite.data.shapes import MIN_COLOUR_CONTRAST
+from evalsuite.data.shapes import CONTRAST_RANGE
 from evalsuite.features import (
     InceptionFeatureExtractor,
     extract_features,
@@ -47,6 +47,7 @@ from evalsuite.features import (
 )
 from evalsuite.judge import class_agreement, judge_predictions, load_judge
 
+MIN_CONTRAST = CONTRAST_RANGE[0]  # the data's faintest images
 K = 3  # ADM: the k-th smallest distance counting the point itself
 JUNK_GRADIENT = 25.0
 # Reference-image contrast bands for the recall breakdown: faint, middle, vivid.
@@ -126,7 +127,7 @@ def main() -> None:
         radii = np.maximum(np.partition(scorer.self_distances, K, axis=1)[:, K], 0.0)
         if bands:
             # Which reference images the whole batch covers (recall per reference image).
-            covered = (scorer.cross <= radii[None, :]).any(axis=1)
+            covered = scorer.reference_covered(np.arange(len(features)))
             print(
                 "  recall by reference contrast: "
                 + ", ".join(
@@ -149,13 +150,13 @@ def main() -> None:
             f"{share(inside, junk):.3f}, clean samples {share(inside, ~junk):.3f}"
         )
         contrast = two_colour_contrast(images)
-        faint = (contrast < MIN_COLOUR_CONTRAST) & ~junk
+        faint = (contrast < MIN_CONTRAST) & ~junk
         print(
             f"  two-colour contrast mean {contrast.mean():.3f} (clean samples "
             f"{contrast[~junk].mean():.3f}), 10th percentile {np.quantile(contrast, 0.1):.3f}"
         )
         print(
-            f"  clean samples fainter than the data's minimum contrast ({MIN_COLOUR_CONTRAST}): "
+            f"  clean samples fainter than the data's minimum contrast ({MIN_CONTRAST}): "
             f"{faint.mean():.3f}, precision {share(inside, faint):.3f} vs "
             f"{share(inside, ~faint & ~junk):.3f} for the other clean samples"
         )

@@ -225,13 +225,16 @@ class PrecisionRecallMatrices:
     def scores(self, index: np.ndarray) -> tuple[float, float]:
         """(precision, recall) of the resample `index` (m,) int."""
         precision = float(self.sample_in_reference[index].mean())
+        return precision, float(self.reference_covered(index).mean())
+
+    def reference_covered(self, index: np.ndarray) -> np.ndarray:
+        """(Nr,) bool: which reference points lie in the manifold of the resample `index`."""
         rows = self.self_distances[np.ix_(index, index)]
         radii = np.maximum(np.partition(rows, self.k, axis=1)[:, self.k], 0.0)
         # Copies of one sample have identical rows, hence identical radii: test each once.
         unique, first = np.unique(index, return_index=True)
         # Recall: reference i is inside if D(ref_i, s_j) <= radius_s_j for some j.
-        inside = (self.cross[:, unique] <= radii[first][None, :]).any(axis=1)
-        return precision, float(inside.mean())
+        return (self.cross[:, unique] <= radii[first][None, :]).any(axis=1)
 
 
 class SampleScorer:

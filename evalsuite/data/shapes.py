@@ -59,7 +59,6 @@ RADIUS_RANGE = (0.28, 0.45)
 # (as with small or cluttered objects on ImageNet). That is the within-class variation classifier
 # guidance trades away: guided samples favour the clearest images of a class, so recall falls.
 CONTRAST_RANGE = (0.15, 1.0)
-MIN_COLOUR_CONTRAST = CONTRAST_RANGE[0]
 # Standard deviation of the additive Gaussian pixel noise, in uint8 units.
 NOISE_STD = 3.0
 # Colour candidates drawn per image to meet the target contrast.
