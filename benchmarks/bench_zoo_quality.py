@@ -10,7 +10,11 @@ uniform-noise images (same N, same reference) and checks the zoo issue's claims:
 
 1. unconditional model + classifier guidance: class agreement rises strongly from scale 0 to the
    largest scale (by >= 0.3), precision rises and recall falls — by at least two standard errors
-   when the sweep ran with --bootstrap (z = change / sqrt(se_0^2 + se_s^2), printed);
+   when the sweep ran with --bootstrap. When both cells kept their samples (--keep-samples) and
+   share N, seed and classes, the standard error is that of a paired bootstrap of the change
+   (`evalsuite.bootstrap.paired_changes`: sample i of both cells comes from the same noise, so
+   both are resampled with the same indices; features from evalsuite's cache); otherwise the
+   cells are treated as independent, z = change / sqrt(se_0^2 + se_s^2) (conservative);
 2. at scale 0 the class-conditional model's FID is lower than the unconditional model's, and both
    are far below the FID of pure noise (less than half of it).
 
@@ -29,7 +33,7 @@ import numpy as np
 
 def records(run_dir: Path) -> list[dict]:
     with open(run_dir / "records.jsonl") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return [{**json.loads(line), "run_dir": str(run_dir)} for line in fh if line.strip()]
 
 
 def cell(rows: list[dict], class_cond: bool, scale: float) -> dict:
@@ -49,6 +53,55 @@ def change(first: dict, second: dict, metric: str) -> tuple[float, float | None]
 def moved(delta: float, z: float | None, sign: int) -> bool:
     """The change has the given sign, and (with bootstrap errors) is >= 2 standard errors."""
     return sign * delta > 0 and (z is None or sign * z >= 2.0)
+
+
+def samples_path(row: dict) -> Path:
+    return Path(row["run_dir"]) / "samples" / f"{row['cell']}.npz"
+
+
+def reference_path(row: dict) -> str:
+    """The reference statistics the row's sweep scored against (the zoo's if that file moved)."""
+    from evalsuite import zoo
+    from evalsuite.cache import sha256_file
+
+    with open(Path(row["run_dir"]) / "config.json") as fh:
+        entry = json.load(fh)["files"]["reference"]
+    if Path(entry["path"]).exists() and sha256_file(entry["path"]) == entry["sha256"]:
+        return entry["path"]
+    if sha256_file(zoo.reference()) == entry["sha256"]:
+        return str(zoo.reference())
+    raise SystemExit(f"{row['run_dir']}: its reference statistics {entry['path']} are gone")
+
+
+def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
+    """Paired-bootstrap changes first -> second, or None when the cells cannot be paired."""
+    same = ("num_samples", "seed", "classes", "bootstrap_seed")
+    if any(first[key] != second[key] for key in same) or not first.get("bootstrap"):
+        return None
+    if not (samples_path(first).exists() and samples_path(second).exists()):
+        return None
+    from evalsuite.batches import open_images
+    from evalsuite.bootstrap import SampleScorer, paired_changes, prepare_reference
+    from evalsuite.evaluate import (
+        MetricOptions,
+        check_reference,
+        load_inception,
+        make_computer,
+        resolve_reference,
+    )
+    from evalsuite.reference import load_reference
+
+    metrics, options = ("pr",), MetricOptions()
+    reference = load_reference(reference_path(first))
+    mode = check_reference(reference, metrics, "auto", options)
+    weights, extractor = load_inception(None, "cpu")
+    computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
+    prepared = prepare_reference(resolve_reference(reference, metrics, mode, computer), metrics)
+    first_scorer, second_scorer = (
+        SampleScorer(computer.compute(open_images(samples_path(row), role="samples")), prepared)
+        for row in (first, second)
+    )
+    return paired_changes(first_scorer, second_scorer, first["bootstrap"], first["bootstrap_seed"])
 
 
 def noise_fid(num: int) -> float:
@@ -83,10 +136,18 @@ def main() -> int:
         )
     print(f"| uniform noise | – | {noise:.2f} | | | |")
 
-    precision = change(uncond0, uncond_top, "precision")
-    recall = change(uncond0, uncond_top, "recall")
+    pairs = paired(uncond0, uncond_top)
+    if pairs is None:
+        precision = change(uncond0, uncond_top, "precision")
+        recall = change(uncond0, uncond_top, "recall")
+        how = "unpaired"
+    else:
+        precision, recall = (
+            (pairs[key]["change"], pairs[key]["z"]) for key in ("precision", "recall")
+        )
+        how = f"paired bootstrap, {uncond0['bootstrap']} resamples"
     for name, (delta, z) in (("precision", precision), ("recall", recall)):
-        detail = "" if z is None else f" (z = {z:+.2f})"
+        detail = "" if z is None else f" (z = {z:+.2f}, {how})"
         print(f"guided {name} change, scale 0 -> {top:g}: {delta:+.3f}{detail}")
     checks = {
         f"guided agreement rises by >= 0.3 (scale 0 -> {top:g})": uncond_top["class_agreement"]

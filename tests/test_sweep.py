@@ -25,6 +25,7 @@ from evalsuite.bootstrap import (
     SampleScorer,
     bootstrap_intervals,
     kth_neighbour_radii,
+    paired_changes,
     prepare_reference,
 )
 from evalsuite.cache import sha256_file
@@ -425,6 +426,49 @@ def test_bootstrap_is_seeded_and_brackets_the_spread(synthetic):
     }
     assert first["fid_ci_low"] < first["fid_ci_high"] and first["fid_se"] > 0
     assert bootstrap_intervals(scorer, 0) == {}
+
+
+def test_paired_change_of_a_set_with_itself_is_exactly_zero(synthetic):
+    sample, side = synthetic
+    scorer = SampleScorer(sample, prepare_reference(side, ("fid", "pr")))
+    changes = paired_changes(scorer, scorer, 20)
+    assert set(changes) == {"fid", "precision", "recall"}
+    for change in changes.values():
+        assert change == {"change": 0.0, "se": 0.0, "z": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+
+
+def test_paired_change_moves_with_the_samples_that_changed(synthetic):
+    # The second set is the first with its 8 last samples sent far outside the reference
+    # manifold: precision falls by their share of inside samples, and only their presence
+    # in a resample moves it, so the paired spread is far below the unpaired one.
+    sample, side = synthetic
+    prepared = prepare_reference(side, ("fid", "pr"))
+    moved_pool = sample.pool.copy()
+    moved_pool[-8:] += 100.0
+    moved = FeatureSet(pool=moved_pool, spatial=sample.spatial, logits=sample.logits)
+    first, second = SampleScorer(sample, prepared), SampleScorer(moved, prepared)
+    before = precision_recall(reference=side.pool, sample=sample.pool, k=3)
+    after = precision_recall(reference=side.pool, sample=moved_pool, k=3)
+    assert after.precision < before.precision
+    changes = paired_changes(first, second, 200, seed=1)
+    precision = changes["precision"]
+    assert precision["change"] == pytest.approx(after.precision - before.precision)
+    assert precision["ci_low"] < precision["change"] < precision["ci_high"]
+    unpaired = np.hypot(
+        bootstrap_intervals(first, 200, seed=1)["precision_se"],
+        bootstrap_intervals(second, 200, seed=1)["precision_se"],
+    )
+    assert 0 < precision["se"] < 0.8 * unpaired
+    assert precision["z"] == pytest.approx(precision["change"] / precision["se"])
+    assert paired_changes(first, second, 200, seed=1) == changes
+
+
+def test_paired_change_needs_sets_of_one_size(synthetic):
+    sample, side = synthetic
+    prepared = prepare_reference(side, ("pr",))
+    smaller = FeatureSet(pool=sample.pool[:20], spatial=sample.spatial[:20], logits=None)
+    with pytest.raises(EvalsuiteError, match="same size"):
+        paired_changes(SampleScorer(sample, prepared), SampleScorer(smaller, prepared), 10)
 
 
 def test_grid_crosses_samplers_steps_and_scales_in_order(files):
