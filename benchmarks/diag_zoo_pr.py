@@ -38,14 +38,18 @@ import argparse
 import numpy as np
 
 from evalsuite import zoo
-from evalsuite.bootstrap import PrecisionRecallMatrices, reference_radii
+from evalsuite.batches import open_images
+from evalsuite.bootstrap import SampleScorer, paired_changes, prepare_reference
 from evalsuite.data.shapes import CONTRAST_RANGE
-from evalsuite.features import (
-    InceptionFeatureExtractor,
-    extract_features,
-    resolve_inception_weights,
+from evalsuite.evaluate import (
+    MetricOptions,
+    check_reference,
+    load_inception,
+    make_computer,
+    resolve_reference,
 )
 from evalsuite.judge import class_agreement, judge_predictions, load_judge
+from evalsuite.reference import load_reference
 
 MIN_CONTRAST = CONTRAST_RANGE[0]  # the data's faintest images
 K = 3  # ADM: the k-th smallest distance counting the point itself
@@ -89,11 +93,16 @@ def main() -> None:
     args = parser.parse_args()
     scorers = []
 
-    extractor = InceptionFeatureExtractor(resolve_inception_weights(None))
-    with np.load(args.reference or zoo.reference()) as stats:
-        reference = stats[[k for k in stats.files if "pool" in k][0]].astype(np.float32)
+    metrics = ("pr",)
+    reference_stats = load_reference(args.reference or zoo.reference())
+    mode = check_reference(reference_stats, metrics, "auto", MetricOptions(pr_k=K))
+    weights, extractor = load_inception(None, "cpu")
+    computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
+    prepared = prepare_reference(
+        resolve_reference(reference_stats, metrics, mode, computer), metrics, MetricOptions(pr_k=K)
+    )
+    reference, radii_reference = prepared.side.pool, prepared.radii
     judge = load_judge(args.judge or zoo.asset("judge.pt"))
-    radii_reference = reference_radii(reference, K)
     print(
         f"reference: {len(reference)} images, "
         f"median k-NN radius {np.median(np.sqrt(radii_reference)):.2f}"
@@ -118,10 +127,11 @@ def main() -> None:
     for path in args.batches:
         with np.load(path) as batch:
             images, labels = batch["arr_0"], batch["arr_1"]
-        features = extract_features(iter([images]), extractor, progress=False)["pool"]
-        scorer = PrecisionRecallMatrices(features, reference, radii_reference, K)
+        sample_scorer = SampleScorer(computer.compute(open_images(path)), prepared)
+        scorers.append(sample_scorer)
+        scorer = sample_scorer.pr  # the reference x sample and sample x sample distances
+        features = sample_scorer.features.pool
         precision, recall = scorer.scores(np.arange(len(features)))
-        scorers.append((scorer, (precision, recall)))
         print(f"{path}: N={len(images)} precision {precision:.3f} recall {recall:.3f}")
         inside = scorer.sample_in_reference
         radii = np.maximum(np.partition(scorer.self_distances, K, axis=1)[:, K], 0.0)
@@ -162,30 +172,23 @@ def main() -> None:
         )
 
     if args.paired and len(scorers) > 1:
-        paired_changes(args.batches, scorers, args.paired)
+        print_paired_changes(args.batches, scorers, args.paired)
 
 
-def paired_changes(paths: list[str], scorers: list, num_resamples: int) -> None:
-    """Paired bootstrap of the precision/recall change from the first batch to the others.
-
-    scorers: (PrecisionRecallMatrices, (precision, recall) of the whole batch) per batch.
-    """
-    (first, first_scores), n = scorers[0], len(scorers[0][0].sample_in_reference)
-    rng = np.random.default_rng(0)
-    indices = [rng.integers(0, n, n) for _ in range(num_resamples)]
-    base = np.array([first.scores(index) for index in indices])
-    for path, (scorer, scores) in zip(paths[1:], scorers[1:], strict=True):
-        if len(scorer.sample_in_reference) != n:
-            print(f"{path}: not paired ({len(scorer.sample_in_reference)} samples, not {n})")
-            continue
-        whole = np.subtract(scores, first_scores)
-        deltas = np.array([scorer.scores(index) for index in indices]) - base
-        for j, name in enumerate(("precision", "recall")):
-            low, high = np.quantile(deltas[:, j], [0.025, 0.975])
-            se = deltas[:, j].std(ddof=1)
+def print_paired_changes(paths: list[str], scorers: list[SampleScorer], resamples: int) -> None:
+    """Paired bootstrap of the precision/recall change from the first batch to each later one."""
+    for path, scorer in zip(paths[1:], scorers[1:], strict=True):
+        if scorer.num_samples != scorers[0].num_samples:
             print(
-                f"{paths[0]} -> {path}: {name} change {whole[j]:+.3f}, paired se {se:.3f} "
-                f"(z = {whole[j] / se:+.2f}), 95% interval {low:+.3f} .. {high:+.3f}"
+                f"{path}: not paired ({scorer.num_samples} samples, not {scorers[0].num_samples})"
+            )
+            continue
+        changes = paired_changes(scorers[0], scorer, resamples)
+        for name in ("precision", "recall"):
+            c = changes[name]
+            print(
+                f"{paths[0]} -> {path}: {name} change {c['change']:+.3f}, paired se {c['se']:.3f} "
+                f"(z = {c['z']:+.2f}), 95% interval {c['ci_low']:+.3f} .. {c['ci_high']:+.3f}"
             )
 
 
