@@ -508,7 +508,15 @@ def _train(
     _write_json(out / CONFIG_NAME, {**configs, "training": {**training, "steps": steps}})
 
     def extra(step: int) -> dict[str, Any]:
-        return {"weights": "ema", "training": {**training, "steps": step}}
+        # A snapshot before annealing starts holds the weights of a constant-rate run of `step`
+        # steps; one taken while annealing says which run and schedule it is a point of.
+        if step == steps:
+            recipe = {**training, "steps": steps}
+        elif step <= lr_schedule.anneal_start:
+            recipe = {**training, "steps": step, "lr_anneal_steps": 0}
+        else:
+            recipe = {**training, "steps": step, "run_steps": steps}
+        return {"weights": "ema", "training": recipe}
 
     def save_state(step: int) -> None:
         _save_state(

@@ -144,7 +144,7 @@ def test_annealed_run_resumes_from_a_constant_rate_state(tmp_path) -> None:
     # run is made at once or continued from a constant-rate run stopped at step 2.
     straight, continued, constant = tmp_path / "straight", tmp_path / "continued", tmp_path / "c"
     annealed = {**TRAINING, "lr_anneal_steps": 2}
-    train_unet(TINY_UNET, TINY_DIFFUSION, out=straight, steps=4, **annealed)
+    train_unet(TINY_UNET, TINY_DIFFUSION, out=straight, steps=4, save_at=(2, 3), **annealed)
     train_unet(TINY_UNET, TINY_DIFFUSION, out=continued, steps=2, **TRAINING)
     train_unet(TINY_UNET, TINY_DIFFUSION, out=continued, steps=4, **annealed)
     train_unet(TINY_UNET, TINY_DIFFUSION, out=constant, steps=4, **TRAINING)
@@ -160,6 +160,11 @@ def test_annealed_run_resumes_from_a_constant_rate_state(tmp_path) -> None:
         for record, straight_record in zip(_log(constant)[:3], _log(straight)[:3], strict=True)
     ]
     assert load_checkpoint(straight / "unet.pt", "unet").extra["training"]["lr_anneal_steps"] == 2
+    # Snapshots: step 2 is a constant-rate run of 2 steps; step 3 a point of the annealed run.
+    before = load_checkpoint(straight / "unet_step2.pt", "unet").extra["training"]
+    assert (before["steps"], before["lr_anneal_steps"], "run_steps" in before) == (2, 0, False)
+    during = load_checkpoint(straight / "unet_step3.pt", "unet").extra["training"]
+    assert (during["steps"], during["lr_anneal_steps"], during["run_steps"]) == (3, 2, 4)
     # A state already annealed under one schedule cannot continue under another.
     with pytest.raises(EvalsuiteError, match="learning-rate schedule"):
         train_unet(TINY_UNET, TINY_DIFFUSION, out=straight, steps=6, **annealed)
@@ -280,6 +285,7 @@ def test_train_command_end_to_end(tmp_path) -> None:
     assert "classifier.pt" in result.output
     loaded = load_checkpoint(tmp_path / "classifier_step1.pt", "classifier")
     assert loaded.step == 1 and loaded.model_config.classifier_width == 32
-    assert loaded.extra["training"]["lr_anneal_steps"] == 1
+    # Step 1 comes before the one annealed step: a constant-rate snapshot.
+    assert loaded.extra["training"]["lr_anneal_steps"] == 0
     bad = CliRunner().invoke(main, [*args[:-5], "--steps", "2", "--save-at", "one"])
     assert bad.exit_code == 2 and "--save-at" in bad.output
