@@ -104,6 +104,15 @@ def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
     return paired_changes(first_scorer, second_scorer, first["bootstrap"], first["bootstrap_seed"])
 
 
+def guided_changes(first: dict, second: dict) -> dict[str, tuple[float, float | None, str]]:
+    """(change, z, how z was made) of precision and recall from cell `first` to `second`."""
+    pairs = paired(first, second)
+    if pairs is None:
+        return {key: (*change(first, second, key), "unpaired") for key in ("precision", "recall")}
+    how = f"paired bootstrap, {first['bootstrap']} resamples"
+    return {key: (pairs[key]["change"], pairs[key]["z"], how) for key in ("precision", "recall")}
+
+
 def noise_fid(num: int) -> float:
     from evalsuite import zoo
     from evalsuite.evaluate import evaluate
@@ -136,19 +145,19 @@ def main() -> int:
         )
     print(f"| uniform noise | – | {noise:.2f} | | | |")
 
-    pairs = paired(uncond0, uncond_top)
-    if pairs is None:
-        precision = change(uncond0, uncond_top, "precision")
-        recall = change(uncond0, uncond_top, "recall")
-        how = "unpaired"
-    else:
-        precision, recall = (
-            (pairs[key]["change"], pairs[key]["z"]) for key in ("precision", "recall")
-        )
-        how = f"paired bootstrap, {uncond0['bootstrap']} resamples"
-    for name, (delta, z) in (("precision", precision), ("recall", recall)):
-        detail = "" if z is None else f" (z = {z:+.2f}, {how})"
-        print(f"guided {name} change, scale 0 -> {top:g}: {delta:+.3f}{detail}")
+    guided = [
+        scale
+        for scale in scales
+        if scale > 0 and any(not r["class_cond"] and r["guidance_scale"] == scale for r in rows)
+    ]
+    for scale in guided:
+        # Every guided scale of the unconditional model against scale 0; the checks use the top.
+        changed = guided_changes(uncond0, cell(rows, False, scale))
+        for name, (delta, z, how) in changed.items():
+            detail = "" if z is None else f" (z = {z:+.2f}, {how})"
+            print(f"guided {name} change, scale 0 -> {scale:g}: {delta:+.3f}{detail}")
+    top_changes = guided_changes(uncond0, uncond_top)
+    precision, recall = (top_changes[key][:2] for key in ("precision", "recall"))
     checks = {
         f"guided agreement rises by >= 0.3 (scale 0 -> {top:g})": uncond_top["class_agreement"]
         - uncond0["class_agreement"]
