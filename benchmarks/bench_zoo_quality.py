@@ -93,12 +93,15 @@ def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
     )
     from evalsuite.reference import load_reference
 
-    metrics, options = ("pr",), MetricOptions()
+    with open(Path(first["run_dir"]) / "config.json") as fh:
+        pr_k = json.load(fh)["identity"]["evaluation"]["options"]["pr_k"]
+    metrics, options = ("pr",), MetricOptions(pr_k=pr_k)
     reference = load_reference(reference_path(first))
     mode = check_reference(reference, metrics, "auto", options)
     weights, extractor = load_inception(None, "cpu")
     computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
-    prepared = prepare_reference(resolve_reference(reference, metrics, mode, computer), metrics)
+    side = resolve_reference(reference, metrics, mode, computer)
+    prepared = prepare_reference(side, metrics, options)
     first_scorer, second_scorer = (
         SampleScorer(computer.compute(open_images(samples_path(row), role="samples")), prepared)
         for row in (first, second)
