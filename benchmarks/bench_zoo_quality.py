@@ -25,6 +25,7 @@ Prints a table and exits 1 if a claim does not hold.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import tempfile
@@ -75,15 +76,10 @@ def reference_path(row: dict) -> str:
     raise SystemExit(f"{row['run_dir']}: its reference statistics {entry['path']} are gone")
 
 
-def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
-    """Paired-bootstrap changes first -> second, or None when the cells cannot be paired."""
-    same = ("num_samples", "seed", "classes", "bootstrap_seed")
-    if any(first[key] != second[key] for key in same) or not first.get("bootstrap"):
-        return None
-    if not (samples_path(first).exists() and samples_path(second).exists()):
-        return None
-    from evalsuite.batches import open_images
-    from evalsuite.bootstrap import SampleScorer, paired_changes, prepare_reference
+@functools.cache
+def pr_reference(reference: str, pr_k: int) -> tuple:
+    """(feature computer, prepared reference) for precision/recall: built once per reference."""
+    from evalsuite.bootstrap import prepare_reference
     from evalsuite.evaluate import (
         MetricOptions,
         check_reference,
@@ -93,18 +89,39 @@ def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
     )
     from evalsuite.reference import load_reference
 
-    with open(Path(first["run_dir"]) / "config.json") as fh:
-        pr_k = json.load(fh)["identity"]["evaluation"]["options"]["pr_k"]
     metrics, options = ("pr",), MetricOptions(pr_k=pr_k)
-    reference = load_reference(reference_path(first))
-    mode = check_reference(reference, metrics, "auto", options)
+    loaded = load_reference(reference)
+    mode = check_reference(loaded, metrics, "auto", options)
     weights, extractor = load_inception(None, "cpu")
     computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
-    side = resolve_reference(reference, metrics, mode, computer)
-    prepared = prepare_reference(side, metrics, options)
+    side = resolve_reference(loaded, metrics, mode, computer)
+    return computer, prepare_reference(side, metrics, options)
+
+
+@functools.cache
+def pr_scorer(samples: str, reference: str, pr_k: int):
+    """The precision/recall scorer of one kept sample batch (scale 0 is shared by every pair)."""
+    from evalsuite.batches import open_images
+    from evalsuite.bootstrap import SampleScorer
+
+    computer, prepared = pr_reference(reference, pr_k)
+    return SampleScorer(computer.compute(open_images(samples, role="samples")), prepared)
+
+
+def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
+    """Paired-bootstrap changes first -> second, or None when the cells cannot be paired."""
+    same = ("num_samples", "seed", "classes", "bootstrap_seed")
+    if any(first[key] != second[key] for key in same) or not first.get("bootstrap"):
+        return None
+    if not (samples_path(first).exists() and samples_path(second).exists()):
+        return None
+    from evalsuite.bootstrap import paired_changes
+
+    with open(Path(first["run_dir"]) / "config.json") as fh:
+        pr_k = json.load(fh)["identity"]["evaluation"]["options"]["pr_k"]
+    reference = reference_path(first)
     first_scorer, second_scorer = (
-        SampleScorer(computer.compute(open_images(samples_path(row), role="samples")), prepared)
-        for row in (first, second)
+        pr_scorer(str(samples_path(row)), reference, pr_k) for row in (first, second)
     )
     return paired_changes(first_scorer, second_scorer, first["bootstrap"], first["bootstrap_seed"])
 
