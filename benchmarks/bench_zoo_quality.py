@@ -77,34 +77,14 @@ def reference_path(row: dict) -> str:
 
 
 @functools.cache
-def pr_reference(reference: str, pr_k: int) -> tuple:
-    """(feature computer, prepared reference) for precision/recall: built once per reference."""
-    from evalsuite.bootstrap import prepare_reference
-    from evalsuite.evaluate import (
-        MetricOptions,
-        check_reference,
-        load_inception,
-        make_computer,
-        resolve_reference,
-    )
-    from evalsuite.reference import load_reference
-
-    metrics, options = ("pr",), MetricOptions(pr_k=pr_k)
-    loaded = load_reference(reference)
-    mode = check_reference(loaded, metrics, "auto", options)
-    weights, extractor = load_inception(None, "cpu")
-    computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
-    side = resolve_reference(loaded, metrics, mode, computer)
-    return computer, prepare_reference(side, metrics, options)
-
-
-@functools.cache
 def pr_scorer(samples: str, reference: str, pr_k: int):
     """The precision/recall scorer of one kept sample batch (scale 0 is shared by every pair)."""
+    from zoo_scoring import scoring_setup
+
     from evalsuite.batches import open_images
     from evalsuite.bootstrap import SampleScorer
 
-    computer, prepared = pr_reference(reference, pr_k)
+    computer, _, prepared = scoring_setup(reference, ("pr",), pr_k)
     return SampleScorer(computer.compute(open_images(samples, role="samples")), prepared)
 
 

@@ -25,19 +25,12 @@ from unittest import mock
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
+from zoo_scoring import scoring_setup
 
 from evalsuite import zoo
 from evalsuite.batches import open_images
-from evalsuite.bootstrap import SampleScorer, prepare_reference
+from evalsuite.bootstrap import SampleScorer
 from evalsuite.data import shapes
-from evalsuite.evaluate import (
-    MetricOptions,
-    check_reference,
-    load_inception,
-    make_computer,
-    resolve_reference,
-)
-from evalsuite.reference import load_reference
 
 BLUR_SIGMA = 0.7  # pixels
 SATURATION = 1.6  # chroma gain around each pixel's grey level
@@ -76,12 +69,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=1000, help="held-out images per variant")
     args = parser.parse_args()
 
-    metrics = ("fid", "pr")
-    reference = load_reference(zoo.reference())
-    mode = check_reference(reference, metrics, "auto", MetricOptions())
-    weights, extractor = load_inception(None, "cpu")
-    computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
-    prepared = prepare_reference(resolve_reference(reference, metrics, mode, computer), metrics)
+    computer, reference, prepared = scoring_setup(str(zoo.reference()), ("fid", "pr"))
 
     labels, images = variants(args.num)
     print(f"{args.num} held-out images against the zoo reference ({reference.path.name})")

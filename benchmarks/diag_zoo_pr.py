@@ -36,20 +36,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from zoo_scoring import scoring_setup
 
 from evalsuite import zoo
 from evalsuite.batches import open_images
-from evalsuite.bootstrap import SampleScorer, paired_changes, prepare_reference
+from evalsuite.bootstrap import SampleScorer, paired_changes
 from evalsuite.data.shapes import CONTRAST_RANGE
-from evalsuite.evaluate import (
-    MetricOptions,
-    check_reference,
-    load_inception,
-    make_computer,
-    resolve_reference,
-)
 from evalsuite.judge import class_agreement, judge_predictions, load_judge
-from evalsuite.reference import load_reference
 
 MIN_CONTRAST = CONTRAST_RANGE[0]  # the data's faintest images
 K = 3  # ADM: the k-th smallest distance counting the point itself
@@ -93,14 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     scorers = []
 
-    metrics = ("pr",)
-    reference_stats = load_reference(args.reference or zoo.reference())
-    mode = check_reference(reference_stats, metrics, "auto", MetricOptions(pr_k=K))
-    weights, extractor = load_inception(None, "cpu")
-    computer = make_computer(weights, extractor, device="cpu", batch_size=64, progress=False)
-    prepared = prepare_reference(
-        resolve_reference(reference_stats, metrics, mode, computer), metrics, MetricOptions(pr_k=K)
-    )
+    computer, _, prepared = scoring_setup(str(args.reference or zoo.reference()), ("pr",), K)
     reference, radii_reference = prepared.side.pool, prepared.radii
     judge = load_judge(args.judge or zoo.asset("judge.pt"))
     print(
