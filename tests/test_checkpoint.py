@@ -282,3 +282,17 @@ def test_save_checkpoint_validates_its_inputs(tmp_path: Path):
     with pytest.raises(EvalsuiteError, match="needs a ClassifierConfig"):
         save_checkpoint(tmp_path / "m.pt", model, config, diffusion, kind="classifier")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_norm_groups_round_trip(tmp_path: Path):
+    model, config, diffusion = _tiny_unet(_flags(norm_groups="8"))
+    assert config.norm_groups == 8
+    path = save_checkpoint(tmp_path / "m.pt", model, config, diffusion, kind="unet")
+    loaded = load_checkpoint(path, "unet")
+    assert loaded.model_config.norm_groups == 8
+    torch.testing.assert_close(_outputs(loaded.model), _outputs(model), rtol=0, atol=0)
+    # The group count changes the function, not the shapes: a caller's flags must agree with it.
+    with pytest.raises(EvalsuiteError, match="norm_groups"):
+        load_checkpoint(path, "unet", flags=_flags())
+    bare = load_checkpoint(_bare(tmp_path, model), "unet", flags=_flags(norm_groups="8"))
+    torch.testing.assert_close(_outputs(bare.model), _outputs(model), rtol=0, atol=0)

@@ -213,6 +213,13 @@ def test_config_validation_errors():
         UNetConfig(image_size=32, num_channels=32, num_res_blocks=1, colour=True)
     with pytest.raises(EvalsuiteError, match="multiple of 32"):
         UNetConfig(image_size=32, num_channels=48, num_res_blocks=1)
+    assert (
+        UNetConfig(image_size=32, num_channels=48, num_res_blocks=1, norm_groups=8).norm_groups == 8
+    )
+    with pytest.raises(EvalsuiteError, match=r"multiple of 3, which GroupNorm\(3\)"):
+        UNetConfig(image_size=32, num_channels=32, num_res_blocks=1, norm_groups=3)
+    with pytest.raises(EvalsuiteError, match="norm_groups must be >= 1"):
+        UNetConfig(image_size=32, num_channels=32, num_res_blocks=1, norm_groups=0)
     with pytest.raises(EvalsuiteError, match="power of 2"):
         UNetConfig(image_size=32, num_channels=32, num_res_blocks=1, attention_resolutions=(12,))
     with pytest.raises(EvalsuiteError, match="num_head_channels=48"):

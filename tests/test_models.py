@@ -335,3 +335,32 @@ def test_sdpa_attention_equals_the_plain_float32_formula(order: str):
     weights = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
     expected = torch.einsum("bts,bcs->bct", weights, v).reshape(2, heads * ch, length)
     torch.testing.assert_close(qkv_attention(qkv, heads, order), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_norm_groups_sets_every_groupnorm():
+    default, grouped = (
+        build_model(UNetConfig(**TINY)),
+        build_model(UNetConfig(**TINY, norm_groups=8)),
+    )
+    norms = [m for m in default.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {32}  # ADM: 32 groups everywhere
+    grouped_norms = [m for m in grouped.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(grouped_norms) == len(norms) and {m.num_groups for m in grouped_norms} == {8}
+    # Same parameters (GroupNorm's affine weights are per channel), so state dicts interchange.
+    assert {k: v.shape for k, v in default.state_dict().items()} == {
+        k: v.shape for k, v in grouped.state_dict().items()
+    }
+
+
+def test_one_channel_per_group_hides_channel_means():
+    # With 32 groups at width 32 each channel is normalised alone: a ResBlock's residual branch
+    # cannot see a shift of any channel's mean (an image's mean colour). 4 channels per group can.
+    x, emb = torch.randn(2, 32, 8, 8), torch.randn(2, 64)
+    shift = torch.randn(1, 32, 1, 1)
+    for groups, blind in ((32, True), (8, False)):
+        block = ResBlock(32, 64, 32, dropout=0.0, use_scale_shift_norm=True, norm_groups=groups)
+        _randomise(block, scale=0.2)
+        with torch.no_grad():
+            branch = block(x + shift, emb) - (x + shift)  # identity skip: the residual branch
+            unshifted = block(x, emb) - x
+        assert torch.allclose(branch, unshifted, atol=1e-4) is blind

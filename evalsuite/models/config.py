@@ -73,14 +73,17 @@ def _as_tuple(owner: str, name: str, value: Any, item_type: type | tuple[type, .
     return tuple(value)
 
 
-def _level_channels(owner: str, model_channels: int, channel_mult: tuple[float, ...]) -> list[int]:
-    # ch = int(mult * model_channels) per level (ADM protocol §6); GroupNorm needs 32 | ch.
+def _level_channels(
+    owner: str, model_channels: int, channel_mult: tuple[float, ...], groups: int = 32
+) -> list[int]:
+    # ch = int(mult * model_channels) per level (ADM protocol §6); GroupNorm needs groups | ch.
     channels = [int(mult * model_channels) for mult in channel_mult]
     for ch in channels:
-        if ch <= 0 or ch % 32:
+        if ch <= 0 or ch % groups:
             raise EvalsuiteError(
                 f"{owner}: level width {ch} (= int(channel_mult x {model_channels})) is not a "
-                f"positive multiple of 32, which GroupNorm(32) needs; change channel_mult or the width"
+                f"positive multiple of {groups}, which GroupNorm({groups}) needs; "
+                f"change channel_mult or the width"
             )
     return channels
 
@@ -126,7 +129,9 @@ class UNetConfig:
     `small_size` set (an int) makes this a super-resolution UNet (guided-diffusion's
     `--large_size`/`--small_size`): the input is x concatenated with the bilinearly upsampled
     low-res image, 2 * in_channels planes. `rescale_residual` (not in guided-diffusion) multiplies
-    every ResBlock's skip + h by 1/sqrt(2), the paper's Table 1 ablation. `use_checkpoint`
+    every ResBlock's skip + h by 1/sqrt(2), the paper's Table 1 ablation. `norm_groups` (not in
+    guided-diffusion, which always uses 32) is the GroupNorm group count; narrow models may want
+    fewer, so that each group spans several channels as in ADM's 128+-wide models. `use_checkpoint`
     (gradient checkpointing) is accepted for flag compatibility and ignored.
     """
 
@@ -150,10 +155,18 @@ class UNetConfig:
     rescale_residual: bool = False
     use_checkpoint: bool = False
     small_size: int | None = None
+    norm_groups: int = 32
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
-        for name in ("image_size", "num_channels", "num_res_blocks", "in_channels", "num_classes"):
+        for name in (
+            "image_size",
+            "num_channels",
+            "num_res_blocks",
+            "in_channels",
+            "num_classes",
+            "norm_groups",
+        ):
             _check_type(owner, name, getattr(self, name), int)
             if getattr(self, name) < 1:
                 raise EvalsuiteError(f"{owner}.{name} must be >= 1, got {getattr(self, name)}")
@@ -191,7 +204,7 @@ class UNetConfig:
                 f"{owner}: image_size {self.image_size} is not divisible by 2**{len(mult) - 1} "
                 f"(one halving per channel_mult level after the first)"
             )
-        channels = _level_channels(owner, self.num_channels, mult)
+        channels = _level_channels(owner, self.num_channels, mult, self.norm_groups)
         _check_resolutions(owner, self.image_size, resolutions, "attention_resolutions")
         heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
         for level, ch in enumerate(channels):
@@ -389,6 +402,7 @@ FLAGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # evalsuite extras (not guided-diffusion flags)
     "num_classes": (int, 1000),
     "rescale_residual": (_parse_bool, False),
+    "norm_groups": (int, 32),
     # super-resolution (script_util.sr_model_and_diffusion_defaults)
     "large_size": (int, None),
     "small_size": (int, None),

@@ -50,9 +50,12 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).to(x.dtype)
 
 
-def normalization(channels: int) -> GroupNorm32:
-    """The ADM normalisation layer: 32 groups, eps 1e-5 (ADM protocol §6)."""
-    return GroupNorm32(32, channels, eps=1e-5)
+def normalization(channels: int, groups: int = 32) -> GroupNorm32:
+    """The ADM normalisation layer: 32 groups, eps 1e-5 (ADM protocol §6).
+
+    `groups` other than 32 is an evalsuite option for narrow models (UNetConfig.norm_groups).
+    """
+    return GroupNorm32(groups, channels, eps=1e-5)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -152,7 +155,8 @@ class ResBlock(nn.Module):
     AdaGN (`use_scale_shift_norm`): h = GN(h) * (1 + scale) + shift; otherwise h = h + emb_out
     before out_layers. `resample` "up"/"down" makes it a BigGAN up/down block (resampling after
     GN+SiLU, before the conv, and on the skip path). `rescale_residual` multiplies skip + h by
-    1/sqrt(2) (the paper's Table 1 ablation; not in guided-diffusion).
+    1/sqrt(2) (the paper's Table 1 ablation; not in guided-diffusion). `norm_groups` is the
+    GroupNorm group count (ADM: 32).
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class ResBlock(nn.Module):
         use_scale_shift_norm: bool,
         resample: str | None = None,
         rescale_residual: bool = False,
+        norm_groups: int = 32,
     ) -> None:
         super().__init__()
         if resample not in (None, "up", "down"):
@@ -173,12 +178,14 @@ class ResBlock(nn.Module):
         self.resample = resample
         self.rescale_residual = rescale_residual
         self.in_layers = nn.Sequential(
-            normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            normalization(channels, norm_groups),
+            nn.SiLU(),
+            nn.Conv2d(channels, out_channels, 3, padding=1),
         )
         emb_out = 2 * out_channels if use_scale_shift_norm else out_channels
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
         self.out_layers = nn.Sequential(
-            normalization(out_channels),
+            normalization(out_channels, norm_groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
@@ -210,7 +217,7 @@ class AttentionBlock(nn.Module):
     """Spatial self-attention with a residual: GN -> qkv (Conv1d C->3C) -> attention ->
     proj_out (zero-init Conv1d) -> x + h (ADM protocol §6)."""
 
-    def __init__(self, channels: int, num_heads: int, order: str) -> None:
+    def __init__(self, channels: int, num_heads: int, order: str, norm_groups: int = 32) -> None:
         super().__init__()
         if order not in ATTENTION_ORDERS:
             raise ValueError(
@@ -218,7 +225,7 @@ class AttentionBlock(nn.Module):
             )
         self.num_heads = num_heads
         self.order = order
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, norm_groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
 

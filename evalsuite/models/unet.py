@@ -41,6 +41,7 @@ class EncoderSpec:
     use_scale_shift_norm: bool
     resblock_updown: bool
     rescale_residual: bool
+    norm_groups: int = 32
 
     @property
     def emb_channels(self) -> int:
@@ -57,13 +58,17 @@ class EncoderSpec:
             use_scale_shift_norm=self.use_scale_shift_norm,
             resample=resample,
             rescale_residual=self.rescale_residual,
+            norm_groups=self.norm_groups,
         )
 
     def attention(self, channels: int, num_heads: int | None = None) -> AttentionBlock:
         """An attention block; `num_heads` overrides the spec's (the UNet's upsampling side)."""
         heads = self.num_heads if num_heads is None else num_heads
         return AttentionBlock(
-            channels, attention_heads(channels, heads, self.num_head_channels), self.attention_order
+            channels,
+            attention_heads(channels, heads, self.num_head_channels),
+            self.attention_order,
+            self.norm_groups,
         )
 
 
@@ -138,6 +143,7 @@ class ADMUNet(nn.Module):
             use_scale_shift_norm=config.use_scale_shift_norm,
             resblock_updown=config.resblock_updown,
             rescale_residual=config.rescale_residual,
+            norm_groups=config.norm_groups,
         )
         self.time_embed = time_embed(mc)
         if config.class_cond:
@@ -167,7 +173,7 @@ class ADMUNet(nn.Module):
                 self.output_blocks.append(EmbedSequential(*layers))
         input_ch = int(config.channel_mult[0] * mc)
         self.out = nn.Sequential(
-            normalization(ch),
+            normalization(ch, config.norm_groups),
             nn.SiLU(),
             zero_module(nn.Conv2d(input_ch, config.out_channels, 3, padding=1)),
         )
