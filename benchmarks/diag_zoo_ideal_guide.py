@@ -80,7 +80,8 @@ def ideal_denoiser(uncond, cond, schedule, labels: torch.Tensor, scale: float, s
 def run_sample(args: argparse.Namespace) -> None:
     uncond, cond = load_checkpoint(args.uncond, "unet"), load_checkpoint(args.cond, "unet")
     config, diffusion = uncond.model_config, uncond.diffusion_config
-    schedule = make_schedule(diffusion.noise_schedule, diffusion.diffusion_steps, args.steps)
+    steps = args.steps or ("100" if args.sampler == "ddpm" else "ddim25")
+    schedule = make_schedule(diffusion.noise_schedule, diffusion.diffusion_steps, steps)
     num_classes = cond.model_config.num_classes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ def main() -> None:
     sample.add_argument("--scales", type=lambda s: [float(v) for v in s.split(",")], required=True)
     sample.add_argument("--num-samples", type=int, default=1000)
     sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    sample.add_argument("--steps", default="ddim25", help='respacing, e.g. "ddim25" or "100"')
+    sample.add_argument("--steps", help='respacing (default: "ddim25" for DDIM, "100" for DDPM)')
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True)
     align = commands.add_parser("align", help="a classifier's gradient against the ideal one")
