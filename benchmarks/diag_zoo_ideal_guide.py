@@ -146,7 +146,9 @@ def main() -> None:
     parser.add_argument("--uncond", default=str(zoo.asset("uncond_unet.pt")))
     parser.add_argument("--cond", default=str(zoo.asset("cond_unet.pt")))
     commands = parser.add_subparsers(dest="command", required=True)
-    sample = commands.add_parser("sample", help="ideal-guided DDIM batches, one per scale")
+    sample = commands.add_parser(
+        "sample", help="ideal-guided batches (DDIM or DDPM), one per scale"
+    )
     sample.add_argument("--scales", type=lambda s: [float(v) for v in s.split(",")], required=True)
     sample.add_argument("--num-samples", type=int, default=1000)
     sample.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
