@@ -143,8 +143,8 @@ def run_align(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uncond", default=str(zoo.asset("uncond_unet.pt")))
-    parser.add_argument("--cond", default=str(zoo.asset("cond_unet.pt")))
+    parser.add_argument("--uncond", help="unconditional UNet (default: the zoo's)")
+    parser.add_argument("--cond", help="class-conditional UNet (default: the zoo's)")
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser(
         "sample", help="ideal-guided batches (DDIM or DDPM), one per scale"
@@ -156,9 +156,14 @@ def main() -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True)
     align = commands.add_parser("align", help="a classifier's gradient against the ideal one")
-    align.add_argument("--classifier", default=str(zoo.asset("classifier.pt")))
+    align.add_argument("--classifier", help="noise-aware classifier (default: the zoo's)")
     align.add_argument("--num-images", type=int, default=200)
     args = parser.parse_args()
+    # The zoo's files are only looked up (and checked) when no path replaces them.
+    args.uncond = args.uncond or str(zoo.asset("uncond_unet.pt"))
+    args.cond = args.cond or str(zoo.asset("cond_unet.pt"))
+    if args.command == "align":
+        args.classifier = args.classifier or str(zoo.asset("classifier.pt"))
     torch.set_num_threads(1)
     if args.command == "sample":
         run_sample(args)
