@@ -97,6 +97,7 @@ def main() -> None:
     if args.reference_images:
         with np.load(args.reference_images) as batch:
             reference_contrast = two_colour_contrast(batch["arr_0"])
+            reference_labels = batch["arr_1"]
         if len(reference_contrast) != len(reference):
             raise SystemExit(
                 f"--reference-images holds {len(reference_contrast)} images, the reference "
@@ -131,7 +132,18 @@ def main() -> None:
                     for low, high, members in bands
                 )
             )
-        agree = class_agreement(judge_predictions(judge, images), labels)
+        judged = judge_predictions(judge, images)
+        agree = class_agreement(judged, labels)
+        if bands:
+            classes = range(int(reference_labels.max()) + 1)
+            print(
+                "  recall by reference class: "
+                + " ".join(f"{share(covered, reference_labels == c):.2f}" for c in classes)
+            )
+            print(
+                "  precision by judged class: "
+                + " ".join(f"{share(inside, judged == c):.2f}" for c in classes)
+            )
         junk = np.abs(np.diff(images.astype(np.float64), axis=1)).mean((1, 2, 3)) > JUNK_GRADIENT
         print(
             f"  sample k-NN radius median {np.median(np.sqrt(radii)):.2f}, "
