@@ -14,7 +14,7 @@ so sample i of every batch starts from the same noise and asks for the same clas
 with `diag_zoo_pr.py --paired`. The networks run in batches of 100, so the bits can differ
 slightly from `evalsuite sample`'s per-sample passes. `sample --classifier C` guides with the
 trained classifier C instead (evalsuite's own guidance; the conditional UNet is not used): the
-same batches as `evalsuite sample --classifier C`, five times faster on CPU, for a quick look at
+same batches as `evalsuite sample --classifier C`, about four times faster on CPU, for a look at
 a candidate zoo before its sweep.
 
 `align` compares a trained classifier's gradient with the ideal one on held-out images noised
