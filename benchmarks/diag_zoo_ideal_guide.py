@@ -81,24 +81,6 @@ def ideal_denoiser(uncond, cond, schedule, labels: torch.Tensor, scale: float, s
     return denoise
 
 
-def trained_guide(uncond, classifier, schedule, labels: torch.Tensor, scale: float):
-    """(denoiser, guidance) of the unconditional model guided by a trained classifier."""
-    diffusion = uncond.diffusion_config
-    denoise = make_denoiser(
-        uncond.model,
-        schedule,
-        learn_sigma=diffusion.learn_sigma,
-        predict_xstart=diffusion.predict_xstart,
-        rescale_timesteps=diffusion.rescale_timesteps,
-    )
-    if scale == 0:
-        return denoise, None
-    guidance = ClassifierGuidance(
-        classifier.model, schedule, labels, scale, rescale_timesteps=diffusion.rescale_timesteps
-    )
-    return denoise, guidance
-
-
 def run_sample(args: argparse.Namespace) -> None:
     uncond = load_checkpoint(args.uncond, "unet")
     if args.classifier:
@@ -110,6 +92,15 @@ def run_sample(args: argparse.Namespace) -> None:
     config, diffusion = uncond.model_config, uncond.diffusion_config
     steps = args.steps or ("100" if args.sampler == "ddpm" else "ddim25")
     schedule = make_schedule(diffusion.noise_schedule, diffusion.diffusion_steps, steps)
+    if args.classifier:
+        # The unconditional model's own denoiser; the classifier's gradient comes as guidance.
+        denoise_uncond = make_denoiser(
+            uncond.model,
+            schedule,
+            learn_sigma=diffusion.learn_sigma,
+            predict_xstart=diffusion.predict_xstart,
+            rescale_timesteps=diffusion.rescale_timesteps,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for scale in args.scales:
@@ -121,9 +112,15 @@ def run_sample(args: argparse.Namespace) -> None:
             x_T = noise((len(indices), config.in_channels, config.image_size, config.image_size))
             guidance = None
             if args.classifier:
-                denoise, guidance = trained_guide(
-                    uncond, classifier, schedule, torch.from_numpy(y), scale
-                )
+                denoise = denoise_uncond
+                if scale:
+                    guidance = ClassifierGuidance(
+                        classifier.model,
+                        schedule,
+                        torch.from_numpy(y),
+                        scale,
+                        rescale_timesteps=diffusion.rescale_timesteps,
+                    )
             else:
                 denoise = ideal_denoiser(
                     uncond, cond, schedule, torch.from_numpy(y), scale, args.sampler
@@ -180,7 +177,7 @@ def main() -> None:
     parser.add_argument("--cond", help="class-conditional UNet (default: the zoo's)")
     commands = parser.add_subparsers(dest="command", required=True)
     sample = commands.add_parser(
-        "sample", help="ideal-guided batches (DDIM or DDPM), one per scale"
+        "sample", help="guided batches (DDIM or DDPM), one per scale: ideal guide or --classifier"
     )
     sample.add_argument("--scales", type=lambda s: [float(v) for v in s.split(",")], required=True)
     sample.add_argument("--num-samples", type=int, default=1000)
