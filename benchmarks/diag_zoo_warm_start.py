@@ -28,7 +28,7 @@ import torch
 from evalsuite import zoo
 from evalsuite.models import build_model, load_checkpoint
 from evalsuite.models.config import config_to_dict
-from evalsuite.train import STATE_NAME, LRSchedule, TrainOptions
+from evalsuite.train import STATE_NAME, LRSchedule, TrainOptions, _save_state
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def main() -> None:
         "optimizer": optimizer.state_dict(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out / STATE_NAME)
+    _save_state(args.out / STATE_NAME, state)  # the trainer's own atomic write
     print(f"wrote {args.out / STATE_NAME}: step 0, {options}")
 
 
