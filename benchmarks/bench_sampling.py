@@ -20,7 +20,7 @@ import torch
 
 from evalsuite.models import ClassifierConfig, DiffusionConfig, UNetConfig, build_model
 from evalsuite.models.checkpoint import LoadedModel
-from evalsuite.sample import BatchSampler, SamplingModels, SamplingSettings
+from evalsuite.pipeline.sample import BatchSampler, SamplingModels, SamplingSettings
 
 UNET = UNetConfig(
     image_size=16,

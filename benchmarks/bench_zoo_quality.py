@@ -12,7 +12,7 @@ uniform-noise images (same N, same reference) and checks the zoo issue's claims:
    largest scale (by >= 0.3), precision rises and recall falls — by at least two standard errors
    when the sweep ran with --bootstrap. When both cells kept their samples (--keep-samples) and
    share N, seed and classes, the standard error is that of a paired bootstrap of the change
-   (`evalsuite.bootstrap.paired_changes`: sample i of both cells comes from the same noise, so
+   (`evalsuite.experiments.bootstrap.paired_changes`: sample i of both cells comes from the same noise, so
    both are resampled with the same indices; features from evalsuite's cache); otherwise the
    cells are treated as independent, z = change / sqrt(se_0^2 + se_s^2) (conservative);
 2. at scale 0 the class-conditional model's FID is lower than the unconditional model's, and both
@@ -65,7 +65,7 @@ def samples_path(row: dict) -> Path:
 def reference_path(row: dict) -> str:
     """The reference statistics the row's sweep scored against (the zoo's if that file moved)."""
     from evalsuite import zoo
-    from evalsuite.cache import sha256_file
+    from evalsuite.runtime.cache import sha256_file
 
     with open(Path(row["run_dir"]) / "config.json") as fh:
         entry = json.load(fh)["files"]["reference"]
@@ -81,8 +81,8 @@ def pr_scorer(samples: str, reference: str, pr_k: int):
     """The precision/recall scorer of one kept sample batch (scale 0 is shared by every pair)."""
     from zoo_scoring import scoring_setup
 
-    from evalsuite.batches import open_images
-    from evalsuite.bootstrap import SampleScorer
+    from evalsuite.experiments.bootstrap import SampleScorer
+    from evalsuite.pipeline.batches import open_images
 
     computer, _, prepared = scoring_setup(reference, ("pr",), pr_k)
     return SampleScorer(computer.compute(open_images(samples, role="samples")), prepared)
@@ -95,7 +95,7 @@ def paired(first: dict, second: dict) -> dict[str, dict[str, float]] | None:
         return None
     if not (samples_path(first).exists() and samples_path(second).exists()):
         return None
-    from evalsuite.bootstrap import paired_changes
+    from evalsuite.experiments.bootstrap import paired_changes
 
     with open(Path(first["run_dir"]) / "config.json") as fh:
         pr_k = json.load(fh)["identity"]["evaluation"]["options"]["pr_k"]
@@ -117,7 +117,7 @@ def guided_changes(first: dict, second: dict) -> dict[str, tuple[float, float | 
 
 def noise_fid(num: int) -> float:
     from evalsuite import zoo
-    from evalsuite.evaluate import evaluate
+    from evalsuite.pipeline.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "noise.npz"

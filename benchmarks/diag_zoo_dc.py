@@ -15,9 +15,9 @@ the DC at the high-noise end at all, given the training signal there.
 Optionally, for sample batches: the share of pixel values within 8 of 0 or 255 (saturated
 colours), against the same share in the reference split.
 
-    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo_assets/uncond_unet.pt \
+    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt \
         --samples runs/q28k/samples/*.npz
-    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo_assets/uncond_unet.pt --tune 500
+    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt --tune 500
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import copy
 import numpy as np
 import torch
 
-from evalsuite.data import make_split
 from evalsuite.diffusion import make_schedule, training_losses
 from evalsuite.models import load_checkpoint
-from evalsuite.train import TrainOptions, _batch, _update_ema
+from evalsuite.zoo.shapes import make_split
+from evalsuite.zoo.train import TrainOptions, _batch, _update_ema
 
 TIMESTEPS = (100, 300, 500, 700, 850, 950, 990)
 

@@ -28,9 +28,9 @@ from scipy.ndimage import gaussian_filter
 from zoo_scoring import scoring_setup
 
 from evalsuite import zoo
-from evalsuite.batches import open_images
-from evalsuite.bootstrap import SampleScorer
-from evalsuite.data import shapes
+from evalsuite.experiments.bootstrap import SampleScorer
+from evalsuite.pipeline.batches import open_images
+from evalsuite.zoo.shapes import shapes
 
 BLUR_SIGMA = 0.7  # pixels
 SATURATION = 1.6  # chroma gain around each pixel's grey level

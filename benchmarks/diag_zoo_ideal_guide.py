@@ -21,7 +21,7 @@ a candidate zoo before its sweep.
 to several t: their cosine, and the ratio of their norms (median over images), for the images'
 own class and for a random class (what guidance of an unconditional sample mostly asks for).
 
-    Z=evalsuite/zoo_assets
+    Z=evalsuite/zoo/assets
     .venv/bin/python benchmarks/diag_zoo_ideal_guide.py sample --scales 0,1,3,8 --out runs/ideal
     .venv/bin/python benchmarks/diag_zoo_pr.py runs/ideal/s0.npz runs/ideal/s1.npz \
         runs/ideal/s3.npz runs/ideal/s8.npz --paired 200
@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from evalsuite import zoo
-from evalsuite.data import make_split, write_adm_batch
 from evalsuite.diffusion import (
     ClassifierGuidance,
     PerSampleNoise,
@@ -47,7 +46,8 @@ from evalsuite.diffusion import (
     sample_ddpm,
 )
 from evalsuite.models import load_checkpoint
-from evalsuite.sample import sample_classes, sample_seed, to_uint8
+from evalsuite.pipeline.sample import sample_classes, sample_seed, to_uint8
+from evalsuite.zoo.shapes import make_split, write_adm_batch
 
 BATCH = 100
 TIMESTEPS = (50, 150, 300, 450, 600, 750, 900)

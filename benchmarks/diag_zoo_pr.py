@@ -22,7 +22,7 @@ samples look like:
   classes of sample i, so both are resampled with the same indices; R resamples, evalsuite's
   own resample scorer). Reports the change, its standard error and 95% interval.
 
-    Z=evalsuite/zoo_assets
+    Z=evalsuite/zoo/assets
     for s in 0 10; do evalsuite sample --model $Z/uncond_unet.pt --classifier $Z/classifier.pt \
         --guidance-scale $s --sampler ddim --steps ddim25 --num-samples 500 --out s$s.npz; done
     .venv/bin/python benchmarks/diag_zoo_pr.py s0.npz s10.npz
@@ -39,10 +39,10 @@ import numpy as np
 from zoo_scoring import scoring_setup
 
 from evalsuite import zoo
-from evalsuite.batches import open_images
-from evalsuite.bootstrap import SampleScorer, paired_changes
-from evalsuite.data.shapes import CONTRAST_RANGE
-from evalsuite.judge import class_agreement, judge_predictions, load_judge
+from evalsuite.experiments.bootstrap import SampleScorer, paired_changes
+from evalsuite.pipeline.batches import open_images
+from evalsuite.zoo.judge import class_agreement, judge_predictions, load_judge
+from evalsuite.zoo.shapes import CONTRAST_RANGE
 
 MIN_CONTRAST = CONTRAST_RANGE[0]  # the data's faintest images
 K = 3  # ADM: the k-th smallest distance counting the point itself

@@ -28,7 +28,7 @@ import torch
 from evalsuite import zoo
 from evalsuite.models import build_model, load_checkpoint
 from evalsuite.models.config import config_to_dict
-from evalsuite.train import STATE_NAME, LRSchedule, TrainOptions, _save_state
+from evalsuite.zoo.train import STATE_NAME, LRSchedule, TrainOptions, _save_state
 
 
 def main() -> None:

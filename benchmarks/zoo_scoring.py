@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import functools
 
-from evalsuite.bootstrap import PreparedReference, prepare_reference
-from evalsuite.evaluate import (
+from evalsuite.experiments.bootstrap import PreparedReference, prepare_reference
+from evalsuite.pipeline.evaluate import (
     MetricOptions,
     check_reference,
     load_inception,
     make_computer,
     resolve_reference,
 )
-from evalsuite.reference import Reference, load_reference
+from evalsuite.pipeline.reference import Reference, load_reference
 
 
 @functools.cache

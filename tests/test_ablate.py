@@ -13,16 +13,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalsuite import evaluate as evaluate_module
-from evalsuite import sweep as sweep_module
 from evalsuite import zoo
-from evalsuite.ablate import load_spec
 from evalsuite.cli import main
-from evalsuite.errors import EvalsuiteError
+from evalsuite.experiments import sweep as sweep_module
+from evalsuite.experiments.ablate import load_spec
 from evalsuite.models import UNetConfig, build_model, save_checkpoint
+from evalsuite.pipeline import evaluate as evaluate_module
+from evalsuite.runtime.errors import EvalsuiteError
 from tests.helpers import TINY_DIFFUSION, TINY_UNET, random_batch
 
-SHIPPED_SPEC = Path(__file__).resolve().parents[1] / "evalsuite" / "zoo_assets" / "ablation.toml"
+SHIPPED_SPEC = (
+    Path(__file__).resolve().parents[1] / "evalsuite" / "zoo" / "assets" / "ablation.toml"
+)
 _load_inception_once = functools.cache(evaluate_module.load_inception)
 # Variants and checkpoint steps the zoo build (zoo/build_zoo.sh) writes.
 ZOO_VARIANTS = ("baseline", "addition", "plain_updown", "attention8", "rescale_residual")

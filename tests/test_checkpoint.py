@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models import (
     ClassifierConfig,
     DiffusionConfig,
@@ -20,6 +19,7 @@ from evalsuite.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from evalsuite.runtime.errors import EvalsuiteError
 
 # A tiny UNet and the guided-diffusion flags that describe it.
 FLAGS = {

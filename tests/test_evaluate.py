@@ -163,7 +163,7 @@ def test_batch_size_and_folder_input_do_not_change_metrics(batches, result, tmp_
 
 
 def test_rerun_reuses_cached_features(batches, result, monkeypatch):
-    from evalsuite import featureset
+    from evalsuite.pipeline import featureset
 
     def fail(*args, **kwargs):
         raise AssertionError("features were extracted again instead of read from the cache")
@@ -176,7 +176,7 @@ def test_rerun_reuses_cached_features(batches, result, monkeypatch):
 
 
 def test_interrupted_extraction_resumes_from_chunks(batches, tmp_path, monkeypatch):
-    from evalsuite import featureset
+    from evalsuite.pipeline import featureset
 
     monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("EVALSUITE_FEATURE_CHUNK", "3")
@@ -350,7 +350,7 @@ def test_unknown_metric_exit_2(batches):
 
 
 def test_npz_stream_reads_slices(tmp_path):
-    from evalsuite.batches import NpzBatch
+    from evalsuite.pipeline.batches import NpzBatch
 
     path = random_batch(tmp_path / "b.npz", 11)
     batch = NpzBatch(path)

@@ -14,7 +14,6 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.features import (
     InceptionFeatureExtractor,
     InceptionWeights,
@@ -25,6 +24,7 @@ from evalsuite.features import (
 from evalsuite.features import inception as inception_module
 from evalsuite.features import weights as weights_module
 from evalsuite.features.inception import fp32_precision, tf1_resize
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 @pytest.fixture(autouse=True)

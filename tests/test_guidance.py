@@ -13,7 +13,7 @@ from evalsuite.diffusion import (
     sample_ddim,
     sample_ddpm,
 )
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 # A linear noise-aware classifier over 2-dim data (B, 2, 1, 1): logits = (x W^T + b) (1 + t/1000).
 CLASS_WEIGHTS = torch.tensor([[2.0, 0.5], [-1.0, 1.0], [0.0, -1.5]], dtype=torch.float64)

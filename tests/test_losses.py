@@ -14,7 +14,7 @@ from evalsuite.diffusion import (
     sample_timesteps,
     training_losses,
 )
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def _generator(seed=0):

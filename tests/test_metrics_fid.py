@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics import GaussianAccumulator, GaussianStats, frechet_distance, gaussian_stats
+from evalsuite.runtime.errors import EvalsuiteError
 
 METHODS = ("eigh", "sqrtm")
 

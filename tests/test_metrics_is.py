@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics import inception_score
+from evalsuite.runtime.errors import EvalsuiteError
 
 NUM_CLASSES = 1008
 # Logit margin that makes softmax one-hot in float64 (exp(-1000) underflows to 0).

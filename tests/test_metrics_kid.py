@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics import kernel_inception_distance, unbiased_mmd2
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def loop_unbiased_mmd2(x, y, degree, gamma, coef0):

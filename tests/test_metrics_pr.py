@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics import PrecisionRecall, precision_recall
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def brute_force_precision_recall(reference: np.ndarray, sample: np.ndarray, k: int):

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models import (
     PRESETS,
     ClassifierConfig,
@@ -27,6 +26,7 @@ from evalsuite.models import (
     parse_flags,
     preset_configs,
 )
+from evalsuite.runtime.errors import EvalsuiteError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "adm_state_dicts"
 REFERENCE_FILES = sorted(REFERENCE.glob("*.txt"))

@@ -17,14 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from evalsuite.cache import sha256_file
 from evalsuite.cli import main
-from evalsuite.evaluate import MetricOptions, ReferenceSide, score_features
-from evalsuite.featureset import FeatureSet
-from evalsuite.metrics import frechet_distance, gaussian_stats
-from evalsuite.models import save_checkpoint
-from evalsuite.models.checkpoint import load_checkpoint
-from evalsuite.regress import (
+from evalsuite.experiments.regress import (
     Expectation,
     Tolerance,
     bootstrap_bound,
@@ -34,6 +28,12 @@ from evalsuite.regress import (
     parse_tolerances,
     write_baseline,
 )
+from evalsuite.metrics import frechet_distance, gaussian_stats
+from evalsuite.models import save_checkpoint
+from evalsuite.models.checkpoint import load_checkpoint
+from evalsuite.pipeline.evaluate import MetricOptions, ReferenceSide, score_features
+from evalsuite.pipeline.featureset import FeatureSet
+from evalsuite.runtime.cache import sha256_file
 from tests.helpers import tiny_unet
 
 STEPS = "4"
@@ -448,7 +448,7 @@ def test_baseline_file_round_trip(tmp_path):
 def test_invalid_baseline_values_are_named(tmp_path, edit, message):
     path = tmp_path / "b.toml"
     path.write_text(BASELINE_TEXT.replace(*edit))
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
 
     with pytest.raises(EvalsuiteError, match=re.escape(message)):
         load_baseline(path)
@@ -460,7 +460,7 @@ def test_update_mode_accepts_missing_values(tmp_path):
     path.write_text(text.replace("bound = 2.5e-3\n", ""))
     baseline = load_baseline(path, for_update=True)
     assert baseline.model.sha256 is None and baseline.metrics["fid"].expected is None
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
 
     with pytest.raises(EvalsuiteError, match="missing key `model.sha256`"):
         load_baseline(path)
@@ -472,7 +472,7 @@ def test_parse_tolerances():
         "kid": Tolerance("ci", 0.9),
         "inception_score": Tolerance("abs", 2.0),
     }
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
 
     for bad in ("fid", "fid=rel", "fid=huge:1", "fidd=rel:0.1"):
         with pytest.raises(EvalsuiteError, match="--tolerance"):
@@ -480,7 +480,7 @@ def test_parse_tolerances():
 
 
 def test_relative_paths_start_at_the_baseline_folder(tmp_path):
-    from evalsuite.regress import path_entry, resolve_path
+    from evalsuite.experiments.regress import path_entry, resolve_path
 
     (tmp_path / "ci").mkdir()
     baseline = tmp_path / "ci" / "b.toml"

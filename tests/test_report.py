@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from evalsuite.cli import main
+from evalsuite.experiments.report import grid_mosaic
+from evalsuite.experiments.sweep import open_run_dir
 from evalsuite.models import UNetConfig, config_to_dict
-from evalsuite.report import grid_mosaic
-from evalsuite.sweep import open_run_dir
 from tests.helpers import TINY_UNET
 
 # (model, scale) -> FID, sFID, IS, precision, recall, class agreement. Best per column:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from evalsuite.diffusion import space_timesteps
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Lists computed by guided-diffusion's space_timesteps(1000, spec) (see the file's header).
 REFERENCE_LISTS = (

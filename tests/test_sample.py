@@ -112,7 +112,7 @@ def test_sidecar_records_config_and_hashes(checkpoints, tmp_path):
         == 0
     )
     record = json.loads((tmp_path / "s.json").read_text())
-    from evalsuite.cache import sha256_file
+    from evalsuite.runtime.cache import sha256_file
 
     assert record["identity"]["model"]["sha256"] == sha256_file(checkpoints["model"])
     assert record["identity"]["settings"]["seed"] == 5

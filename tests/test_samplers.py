@@ -14,7 +14,7 @@ from evalsuite.diffusion import (
     sample_ddim,
     sample_ddpm,
 )
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 DATA_MEAN = (0.7, -0.4)
 NUM_SAMPLES = 4000

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from evalsuite.diffusion import DiffusionSchedule, beta_schedule, make_schedule, space_timesteps
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def _direct_linear(num_steps: int) -> list[float]:

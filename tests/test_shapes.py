@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evalsuite.data import (
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.zoo.shapes import (
     CLASS_NAMES,
+    CONTRAST_RANGE,
     SPLITS,
+    _draw_parameters,
     make_shapes,
     make_split,
     render_shapes,
     write_adm_batch,
 )
-from evalsuite.data.shapes import CONTRAST_RANGE, _draw_parameters
-from evalsuite.errors import EvalsuiteError
 
 
 def test_shapes_and_dtypes() -> None:

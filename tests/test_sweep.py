@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from evalsuite import evaluate as evaluate_module
-from evalsuite import sweep as sweep_module
 from evalsuite import zoo
-from evalsuite.bootstrap import (
+from evalsuite.cli import main
+from evalsuite.experiments import sweep as sweep_module
+from evalsuite.experiments.bootstrap import (
     FrechetGram,
     PrecisionRecallMatrices,
     SampleScorer,
@@ -28,14 +28,14 @@ from evalsuite.bootstrap import (
     paired_changes,
     prepare_reference,
 )
-from evalsuite.cache import sha256_file
-from evalsuite.cli import main
-from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import MetricOptions, ReferenceSide, score_features
-from evalsuite.featureset import FeatureComputer, FeatureSet
 from evalsuite.metrics import GaussianStats, frechet_distance, gaussian_stats, precision_recall
-from evalsuite.reference import Reference
-from evalsuite.sample import BatchSampler
+from evalsuite.pipeline import evaluate as evaluate_module
+from evalsuite.pipeline.evaluate import MetricOptions, ReferenceSide, score_features
+from evalsuite.pipeline.featureset import FeatureComputer, FeatureSet
+from evalsuite.pipeline.reference import Reference
+from evalsuite.pipeline.sample import BatchSampler
+from evalsuite.runtime.cache import sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 from tests.helpers import random_batch, tiny_classifier, tiny_unet
 
 _load_inception_once = functools.cache(evaluate_module.load_inception)
@@ -330,7 +330,7 @@ def test_missing_zoo_file_is_the_zoo_error(fake_zoo, tmp_path):
     assert zoo.REBUILD_COMMAND in output
 
 
-# --- the fast scorer of `evalsuite.bootstrap` against the plain metric functions ------------
+# --- the fast scorer of `evalsuite.experiments.bootstrap` against the plain metric functions ------------
 
 
 def synthetic_features(dim: int, num_samples: int = 25, num_reference: int = 60):

@@ -1,4 +1,4 @@
-"""evalsuite.threads: single-threaded pieces of CPU work, one per core at a time."""
+"""evalsuite.runtime.threads: single-threaded pieces of CPU work, one per core at a time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from evalsuite.threads import CoreWorkers, single_thread
+from evalsuite.runtime.threads import CoreWorkers, single_thread
 
 
 def test_single_thread_sets_and_restores_the_thread_count():

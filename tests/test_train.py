@@ -11,15 +11,15 @@ import torch
 from click.testing import CliRunner
 
 from evalsuite.cli import main
-from evalsuite.data import SPLITS, make_split, render_shapes
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models import (
     ClassifierConfig,
     DiffusionConfig,
     UNetConfig,
     load_checkpoint,
 )
-from evalsuite.train import (
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.zoo.shapes import SPLITS, make_split, render_shapes
+from evalsuite.zoo.train import (
     STATE_NAME,
     LRSchedule,
     _batch,
@@ -179,7 +179,7 @@ def test_annealed_run_resumes_from_a_constant_rate_state(tmp_path) -> None:
 
 
 def test_batches_depend_only_on_seed_and_step() -> None:
-    from evalsuite.train import TrainOptions
+    from evalsuite.zoo.train import TrainOptions
 
     options = TrainOptions(
         task="unet",

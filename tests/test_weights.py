@@ -18,8 +18,6 @@ import torch
 import torchvision
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from evalsuite.cache import atomic_path, atomic_write, cache_dir, cache_key, sha256_file
-from evalsuite.errors import EvalsuiteError
 from evalsuite.features import weights as weights_module
 from evalsuite.features.weights import (
     FID_HELPER_SOURCE,
@@ -31,6 +29,8 @@ from evalsuite.features.weights import (
     resolve_inception_weights,
     torch_fidelity_network,
 )
+from evalsuite.runtime.cache import atomic_path, atomic_write, cache_dir, cache_key, sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
 TORCH_FIDELITY_NAME = "weights-inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -123,7 +123,7 @@ def _assert_same_state(a, b) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-# --- evalsuite.cache ---------------------------------------------------------------------------
+# --- evalsuite.runtime.cache ---------------------------------------------------------------------------
 
 
 def test_cache_dir_follows_env_and_is_created(tmp_path, monkeypatch):

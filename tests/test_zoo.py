@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from evalsuite import zoo
 from evalsuite.cli import main
-from evalsuite.data import make_split
 from evalsuite.diffusion import make_schedule
 from evalsuite.models import load_checkpoint
+from evalsuite.zoo.shapes import make_split
 
 
 def test_every_manifest_file_is_present_and_intact():

@@ -4,7 +4,7 @@
 #   bash zoo/build_zoo.sh                              # full build, ~1.7 h on 2 CPU cores
 #   ZOO_QUICK=1 bash zoo/build_zoo.sh                  # 5-step smoke build into a temp folder
 #
-# Writes evalsuite/zoo_assets/ (checkpoints, manifest.json) and reference_stats/
+# Writes evalsuite/zoo/assets/ (checkpoints, manifest.json) and reference_stats/
 # (Inception statistics of the shapes reference split). Interrupted? Run the same command again:
 # every training resumes from its last saved state (train_state.pt, every 100 steps) in $ZOO_WORK.
 # What is built, and why, is described in zoo/README.md.
@@ -26,7 +26,7 @@ if [[ "${ZOO_QUICK:-0}" == 1 ]]; then
     MAIN_STEPS=5 MAIN_ANNEAL_STEPS=2 POINTS=(2 4) ABLATION_STEPS=4 CLASSIFIER_STEPS=5 JUDGE_STEPS=5
     REFERENCE_IMAGES=64 CHECK_IMAGES=64 CHECK_SAMPLES=4
 else
-    OUT=${ZOO_OUT:-evalsuite/zoo_assets}
+    OUT=${ZOO_OUT:-evalsuite/zoo/assets}
     REFERENCE_OUT=${ZOO_REFERENCE_OUT:-reference_stats}
     WORK=${ZOO_WORK:-$HOME/.cache/evalsuite/zoo-build}
     # Main models: a constant learning rate, then a linear decay over the last
@@ -142,12 +142,12 @@ for point in "${POINTS[@]}"; do
     done
 done
 
-# 5. The ablation spec (evalsuite/zoo_assets/ablation.toml, written by hand and kept in git;
+# 5. The ablation spec (evalsuite/zoo/assets/ablation.toml, written by hand and kept in git;
 #    another output folder gets a copy with its training points), the reference statistics and
 #    the end-to-end checks.
-if [[ ! "$OUT/ablation.toml" -ef evalsuite/zoo_assets/ablation.toml ]]; then
+if [[ ! "$OUT/ablation.toml" -ef evalsuite/zoo/assets/ablation.toml ]]; then
     sed -e "s/_step600\.pt/_step${POINTS[0]}.pt/g" -e "s/_step1200\.pt/_step${POINTS[1]}.pt/g" \
-        evalsuite/zoo_assets/ablation.toml >"$OUT/ablation.toml"
+        evalsuite/zoo/assets/ablation.toml >"$OUT/ablation.toml"
 fi
 say "reference statistics of $REFERENCE_IMAGES reference images"
 evalsuite data reference --num "$REFERENCE_IMAGES" --out "$WORK/shapes16_reference_images.npz"

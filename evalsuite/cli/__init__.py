@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from evalsuite import __version__
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 class UserError(click.ClickException):

@@ -13,7 +13,7 @@ from evalsuite.cli import handle_errors, main
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (no half-written file on interrupt)."""
-    from evalsuite.cache import atomic_path
+    from evalsuite.runtime.cache import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
@@ -82,7 +82,7 @@ def weights_option(fn: Any) -> Any:
 def check_device(device: str) -> None:
     import torch
 
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
 
     try:
         parsed = torch.device(device)
@@ -184,9 +184,9 @@ def evaluate(
       evalsuite evaluate ref.npz samples/ --ref-stats recompute --device cuda
       evalsuite evaluate zoo_samples.npz        # against the zoo's reference statistics
     """
-    from evalsuite.errors import EvalsuiteError
-    from evalsuite.evaluate import MetricOptions, parse_metrics
-    from evalsuite.evaluate import evaluate as run_evaluate
+    from evalsuite.pipeline.evaluate import MetricOptions, parse_metrics
+    from evalsuite.pipeline.evaluate import evaluate as run_evaluate
+    from evalsuite.runtime.errors import EvalsuiteError
 
     if len(paths) > 2:
         raise EvalsuiteError(f"expected [REFERENCE] SAMPLES, got {len(paths)} paths")
@@ -260,7 +260,7 @@ def ref_stats(
       evalsuite ref-stats my_dataset.npz --out my_dataset_stats.npz
       evalsuite evaluate my_dataset_stats.npz samples.npz
     """
-    from evalsuite.evaluate import build_ref_stats
+    from evalsuite.pipeline.evaluate import build_ref_stats
 
     check_device(device)
     meta = build_ref_stats(
@@ -289,9 +289,9 @@ def info(inception_weights: str | None, as_json: bool) -> None:
       evalsuite info
       evalsuite info --inception-weights ~/weights-inception-2015-12-05-6726825d.pth --json
     """
-    from evalsuite.cache import cache_dir
-    from evalsuite.evaluate import versions
     from evalsuite.features import IS_UNAVAILABLE, resolve_inception_weights
+    from evalsuite.pipeline.evaluate import versions
+    from evalsuite.runtime.cache import cache_dir
 
     weights = resolve_inception_weights(inception_weights)
     supported = ["fid", "sfid", "pr", "kid"] + (["is"] if weights.has_logits else [])

@@ -41,8 +41,8 @@ INIT_ONLY = (
 
 
 def _architecture(flags: str | None, preset: str | None, names: str) -> str:
-    from evalsuite.errors import EvalsuiteError
-    from evalsuite.regress import EMBEDDED, FLAGS_PREFIX, PRESET_PREFIX
+    from evalsuite.experiments.regress import EMBEDDED, FLAGS_PREFIX, PRESET_PREFIX
+    from evalsuite.runtime.errors import EvalsuiteError
 
     if flags is not None and preset is not None:
         raise EvalsuiteError(f"give either {names}, not both")
@@ -187,7 +187,7 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
       evalsuite regress --init my.toml --model 64x64_diffusion.pt --preset 64x64_diffusion \\
           --reference VIRTUAL_imagenet64_labeled.npz --steps ddim25 --sampler ddim --num-samples 500
     """
-    from evalsuite import regress as lib
+    from evalsuite.experiments import regress as lib
 
     if options["update"] and options["init_"]:
         raise click.UsageError("--update and --init exclude each other")
@@ -229,10 +229,10 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
 
 
 def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
-    from evalsuite import regress as lib
     from evalsuite import zoo
-    from evalsuite.evaluate import parse_metrics
-    from evalsuite.sample import SamplingSettings
+    from evalsuite.experiments import regress as lib
+    from evalsuite.pipeline.evaluate import parse_metrics
+    from evalsuite.pipeline.sample import SamplingSettings
 
     settings = SamplingSettings(
         num_samples=options["num_samples"],

@@ -66,9 +66,9 @@ def load_models(
 
     Without --model the zoo's class-conditional model is used (and its classifier when guiding).
     """
-    from evalsuite.errors import EvalsuiteError
     from evalsuite.models.checkpoint import load_checkpoint
-    from evalsuite.sample import SamplingModels
+    from evalsuite.pipeline.sample import SamplingModels
+    from evalsuite.runtime.errors import EvalsuiteError
 
     if model_path is None:
         from evalsuite import zoo
@@ -215,7 +215,7 @@ def sample(
       # Several GPUs: indices are sharded, the file equals the single-process one
       torchrun --nproc_per_node 8 -m evalsuite sample --model m.pt --preset 64x64_diffusion --out s.npz
     """
-    from evalsuite.sample import SamplingSettings, generate
+    from evalsuite.pipeline.sample import SamplingSettings, generate
 
     settings = SamplingSettings(
         num_samples=num_samples,
@@ -241,7 +241,7 @@ def sample(
     record = generate(
         models, settings, out, batch_size=batch_size, device=device, progress=not quiet
     )
-    from evalsuite import dist
+    from evalsuite.runtime import dist
 
     if dist.is_main():
         click.echo(

@@ -21,8 +21,8 @@ class FloatListType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, ...]:
         if isinstance(value, tuple):
             return value
-        from evalsuite.errors import EvalsuiteError
-        from evalsuite.sweep import parse_scales
+        from evalsuite.experiments.sweep import parse_scales
+        from evalsuite.runtime.errors import EvalsuiteError
 
         try:
             return parse_scales(str(value))
@@ -42,8 +42,8 @@ class CommaListType(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, ...]:
         if isinstance(value, tuple):
             return value
-        from evalsuite.errors import EvalsuiteError
-        from evalsuite.sweep import parse_list
+        from evalsuite.experiments.sweep import parse_list
+        from evalsuite.runtime.errors import EvalsuiteError
 
         try:
             return parse_list(str(value), self.option, self.choices)
@@ -81,7 +81,7 @@ def run_options(fn: Any) -> Any:
 
 def _finish(run_dir: Path, absolute: bool = False) -> None:
     """Write the report of a run and print its main table."""
-    from evalsuite.report import to_markdown, write_report
+    from evalsuite.experiments.report import to_markdown, write_report
 
     report = write_report(run_dir, absolute=absolute)
 
@@ -94,7 +94,7 @@ def _finish(run_dir: Path, absolute: bool = False) -> None:
 def _zoo_rows(classifier: str | None, classifier_flags: str | None, classifier_preset: str | None):
     """The zoo's Table-4 pair: the unconditional and the conditional model, both guided."""
     from evalsuite import zoo
-    from evalsuite.sweep import ModelRow
+    from evalsuite.experiments.sweep import ModelRow
 
     guide = classifier or str(zoo.asset(zoo.CLASSIFIER))
     return (
@@ -126,7 +126,7 @@ def _named_rows(
     """One row per --model, named after the file (made unique with -2, -3, …)."""
     import re
 
-    from evalsuite.sweep import ModelRow
+    from evalsuite.experiments.sweep import ModelRow
 
     rows, used = [], set()
     for path in models:
@@ -321,9 +321,9 @@ def sweep(
           --num-samples 10000 --device cuda --out runs/adm256
     """
     from evalsuite import zoo
-    from evalsuite.errors import EvalsuiteError
-    from evalsuite.evaluate import MetricOptions, parse_metrics
-    from evalsuite.sweep import SweepConfig, run_sweep
+    from evalsuite.experiments.sweep import SweepConfig, run_sweep
+    from evalsuite.pipeline.evaluate import MetricOptions, parse_metrics
+    from evalsuite.runtime.errors import EvalsuiteError
 
     chosen = parse_metrics(metrics)
     check_device(device)
@@ -340,7 +340,7 @@ def sweep(
     else:
         if model_flags or preset:
             raise EvalsuiteError("--model-flags/--preset given without --model")
-        from evalsuite.data import CLASS_NAMES
+        from evalsuite.zoo.shapes import CLASS_NAMES
 
         rows = _zoo_rows(classifier, classifier_flags, classifier_preset)
         if reference is None:
@@ -411,7 +411,7 @@ def ablate(
 
     SPEC is a TOML file listing the variants (checkpoints per training point, architecture)
     and the shared sampling and evaluation settings; it is validated completely before any
-    work. Default: the zoo's ablation spec (evalsuite/zoo_assets/ablation.toml). The table
+    work. Default: the zoo's ablation spec (evalsuite/zoo/assets/ablation.toml). The table
     shows the architecture columns that differ, FID at each training point, the baseline in
     absolute numbers and the other rows as differences (--absolute: every row absolute).
 
@@ -422,7 +422,7 @@ def ablate(
       evalsuite report runs/ablation --absolute
     """
     from evalsuite import zoo
-    from evalsuite.ablate import load_spec, run_ablation
+    from evalsuite.experiments.ablate import load_spec, run_ablation
 
     check_device(device)
     if spec is None:
@@ -468,7 +468,7 @@ def report(run_dir: str, out: str | None, absolute: bool) -> None:
       evalsuite report runs/sweep
       evalsuite report runs/ablate-ablation --absolute --out paper/tables
     """
-    from evalsuite.report import to_markdown, write_report
+    from evalsuite.experiments.report import to_markdown, write_report
 
     result = write_report(run_dir, out, absolute=absolute)
     click.echo(result.table.caption)

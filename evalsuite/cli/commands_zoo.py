@@ -52,8 +52,8 @@ def data(split: str, num: int, out: str, image_size: int, start: int) -> None:
       evalsuite data heldout --num 10000 --out shapes16_heldout.npz
       evalsuite data train --num 64 --image-size 32 --out preview32.npz
     """
-    from evalsuite.data import SPLITS, make_split, write_adm_batch
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
+    from evalsuite.zoo.shapes import SPLITS, make_split, write_adm_batch
 
     if split not in SPLITS:
         raise EvalsuiteError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -185,7 +185,7 @@ def training_options(fn: Any) -> Any:
 
 def parse_steps(text: str) -> tuple[int, ...]:
     """Parse a comma list of steps such as "1000,2000" ("" = none)."""
-    from evalsuite.errors import EvalsuiteError
+    from evalsuite.runtime.errors import EvalsuiteError
 
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -242,7 +242,7 @@ def train_unet_command(
       # same, interrupted and rerun: continues from the last state in runs/cond
     """
     from evalsuite.models import build_configs
-    from evalsuite.train import train_unet
+    from evalsuite.zoo.train import train_unet
 
     model_config, diffusion_config = build_configs(flags, "unet")
     path = train_unet(
@@ -305,7 +305,7 @@ def train_classifier_command(
                  --classifier_attention_resolutions 4 --classifier_pool adaptive --num_classes 10"
     """
     from evalsuite.models import build_configs
-    from evalsuite.train import train_classifier
+    from evalsuite.zoo.train import train_classifier
 
     classifier_config, diffusion_config = build_configs(flags, "classifier")
     path = train_classifier(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from evalsuite.diffusion.schedule import DenoiseFn, DiffusionSchedule
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 GUIDANCE_MODES = ("ddpm", "ddim")
 

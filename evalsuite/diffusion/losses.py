@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from evalsuite.diffusion.schedule import DiffusionSchedule
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 # KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 _GRAMMAR = (
     'expected "" (all steps), a step count such as "250", comma-separated counts per equal '

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from evalsuite.diffusion.guidance import ClassifierGuidance, guided
 from evalsuite.diffusion.schedule import DenoiseFn, DiffusionSchedule
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 # A source of standard normal noise: noise(shape) -> Tensor of that shape (shape[0] = batch).
 NoiseFn = Callable[[torch.Size], Tensor]

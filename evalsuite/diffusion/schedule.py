@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from evalsuite.diffusion.respace import space_timesteps
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 NOISE_SCHEDULES = ("linear", "cosine")
 

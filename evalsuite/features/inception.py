@@ -19,9 +19,9 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d
 from tqdm.auto import tqdm
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.features.weights import InceptionWeights, torch_fidelity_network
-from evalsuite.threads import CoreWorkers
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.threads import CoreWorkers
 
 # Input side of the evaluator's graph (§1): 299x299 after the TF1 resize.
 INCEPTION_SIZE = 299
@@ -239,7 +239,7 @@ class InceptionFeatureExtractor(torch.nn.Module):
         """Features of a batch; see the class docstring for shapes and layout.
 
         On CPU the batch goes through in chunks of at most CPU_CHUNK images, one chunk per
-        core at a time on a single thread each (evalsuite.threads): faster than whole-batch
+        core at a time on a single thread each (evalsuite.runtime.threads): faster than whole-batch
         passes on all threads, and each image's features do not depend on the batch around it.
         """
         device = self.network.Conv2d_1a_3x3.weight.device

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import BasicConv2d, FeatureExtractorInceptionV3
 
-from evalsuite.cache import atomic_path, cache_dir, cache_key, sha256_file
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key, sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 FRECHET_METHODS = ("eigh", "sqrtm")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.special
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics.fid import as_feature_matrix
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Samples per split in the ADM evaluator (ADM protocol §2): 50k samples -> 10 splits.
 IS_SPLIT_SIZE = 5000

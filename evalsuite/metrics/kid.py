@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics.fid import as_feature_matrix
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def kernel_inception_distance(

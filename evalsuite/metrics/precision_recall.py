@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics.fid import as_feature_matrix
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Neighbourhood size of the ADM evaluator ("nhood size", ADM protocol §2).
 PR_NEIGHBOURHOOD_SIZE = 3

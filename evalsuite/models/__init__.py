@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models.classifier import NoiseAwareClassifier
 from evalsuite.models.config import (
     PRESETS,
@@ -20,6 +19,7 @@ from evalsuite.models.config import (
     preset_kind,
 )
 from evalsuite.models.unet import ADMUNet, SuperResUNet
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 def build_model(config: UNetConfig | ClassifierConfig) -> nn.Module:

@@ -24,8 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from evalsuite.cache import sha256_file
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models import build_model
 from evalsuite.models.config import (
     MODEL_KINDS,
@@ -39,6 +37,8 @@ from evalsuite.models.config import (
     preset_configs,
     preset_kind,
 )
+from evalsuite.runtime.cache import sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
 CHECKPOINT_FORMAT = "evalsuite-checkpoint"
 CHECKPOINT_VERSION = 1

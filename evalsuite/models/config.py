@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError
 
 NOISE_SCHEDULES = ("linear", "cosine")
 CLASSIFIER_POOLS = ("attention", "adaptive", "spatial", "spatial_v2")

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models.config import UNetConfig
 from evalsuite.models.nn import (
     AttentionBlock,
@@ -23,6 +22,7 @@ from evalsuite.models.nn import (
     timestep_embedding,
     zero_module,
 )
+from evalsuite.runtime.errors import EvalsuiteError
 
 
 @dataclass(frozen=True)

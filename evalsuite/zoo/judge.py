@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Images per judge forward pass (does not change the result beyond float rounding).
 JUDGE_BATCH_SIZE = 64

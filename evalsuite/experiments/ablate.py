@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite import zoo
-from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import REF_STATS_CHOICES, MetricOptions, parse_metrics
+from evalsuite.experiments.sweep import ModelRow, SweepConfig, run_sweep
 from evalsuite.models.config import build_configs
-from evalsuite.sample import SAMPLERS
-from evalsuite.sweep import ModelRow, SweepConfig, run_sweep
+from evalsuite.pipeline.evaluate import REF_STATS_CHOICES, MetricOptions, parse_metrics
+from evalsuite.pipeline.sample import SAMPLERS
+from evalsuite.runtime.errors import EvalsuiteError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -169,7 +169,7 @@ class AblationSpec:
             "points": list(self.points),
         }
         if self.uses_zoo:
-            from evalsuite.data import CLASS_NAMES
+            from evalsuite.zoo.shapes import CLASS_NAMES
 
             found["class_names"] = list(CLASS_NAMES)
         return found

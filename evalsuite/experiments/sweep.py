@@ -1,9 +1,9 @@
 """`sweep`: sample and score a grid of models x samplers x step counts x guidance scales.
 
 Every cell of the grid is sampled with the same seed, so sample i has the same class and initial
-noise at every guidance scale and only the scale changes (ADM protocol §5; `evalsuite.sample`).
+noise at every guidance scale and only the scale changes (ADM protocol §5; `evalsuite.pipeline.sample`).
 Each cell's samples are scored against one reference (ADM protocol §2) with bootstrap intervals
-(`evalsuite.bootstrap`) and, given a judge, class agreement (`evalsuite.judge`).
+(`evalsuite.experiments.bootstrap`) and, given a judge, class agreement (`evalsuite.zoo.judge`).
 
 A run directory is the results store:
 
@@ -13,7 +13,7 @@ A run directory is the results store:
                      intervals, timings), rewritten atomically after each cell
     samples/         <cell>.npz while its cell runs (resumable parts; kept with keep_samples)
     thumbs/          <cell>.npz: the first samples of each class, for the sample grid
-    report/          tables and figures (`evalsuite.report`)
+    report/          tables and figures (`evalsuite.experiments.report`)
 
 Rerunning the same configuration into the same directory skips finished cells; an unfinished
 cell resumes from its sample parts, and its features come from the feature cache. A different
@@ -38,16 +38,16 @@ import numpy as np
 import torch
 
 from evalsuite import __version__
-from evalsuite.batches import open_images
-from evalsuite.bootstrap import (
+from evalsuite.experiments.bootstrap import (
     PreparedReference,
     SampleScorer,
     bootstrap_intervals,
     prepare_reference,
 )
-from evalsuite.cache import atomic_path
-from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import (
+from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
+from evalsuite.models.config import config_to_dict
+from evalsuite.pipeline.batches import open_images
+from evalsuite.pipeline.evaluate import (
     MetricOptions,
     check_pr_size,
     check_reference,
@@ -58,17 +58,17 @@ from evalsuite.evaluate import (
     resolve_reference,
     versions,
 )
-from evalsuite.judge import check_judge, class_agreement, judge_predictions, load_judge
-from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
-from evalsuite.models.config import config_to_dict
-from evalsuite.reference import Reference, load_reference
-from evalsuite.sample import (
+from evalsuite.pipeline.reference import Reference, load_reference
+from evalsuite.pipeline.sample import (
     SAMPLERS,
     SamplingModels,
     SamplingSettings,
     generate,
     sidecar_path,
 )
+from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
 
 RUN_FORMAT = "evalsuite-run"
 RUN_VERSION = 1

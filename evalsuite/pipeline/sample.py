@@ -23,9 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evalsuite import __version__, dist
-from evalsuite.batches import write_sample_batch
-from evalsuite.cache import atomic_path
+from evalsuite import __version__
 from evalsuite.diffusion import (
     ClassifierGuidance,
     PerSampleNoise,
@@ -35,10 +33,13 @@ from evalsuite.diffusion import (
     sample_ddpm,
     space_timesteps,
 )
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models.checkpoint import LoadedModel
 from evalsuite.models.config import config_to_dict
-from evalsuite.threads import CoreWorkers, single_thread
+from evalsuite.pipeline.batches import write_sample_batch
+from evalsuite.runtime import dist
+from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.threads import CoreWorkers, single_thread
 
 SAMPLERS = ("ddpm", "ddim")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -462,7 +463,7 @@ def _assemble(
                 labels.append(data["labels"])
     all_labels = np.concatenate(labels) if labels else None
     write_sample_batch(out, np.concatenate(images), all_labels)
-    from evalsuite.evaluate import versions
+    from evalsuite.pipeline.evaluate import versions
 
     record = {
         "identity": identity,

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evalsuite import PROTOCOL_VERSION, dist
-from evalsuite.batches import ImageSource
-from evalsuite.cache import atomic_path, cache_dir, cache_key
-from evalsuite.errors import EvalsuiteError
+from evalsuite import PROTOCOL_VERSION
+from evalsuite.pipeline.batches import ImageSource
+from evalsuite.runtime import dist
+from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Images per cached chunk (env EVALSUITE_FEATURE_CHUNK overrides); part of the cache key.
 CHUNK_SIZE = 1000

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evalsuite.errors import EvalsuiteError
-from evalsuite.sweep import read_config, read_records
+from evalsuite.experiments.sweep import read_config, read_records
+from evalsuite.runtime.errors import EvalsuiteError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -402,7 +402,7 @@ def _csv_name(header: str) -> str:
 
 def write_table(table: PaperTable, out_dir: Path) -> list[Path]:
     """Write `<name>.md`, `<name>.tex` and `<name>.csv` into `out_dir`."""
-    from evalsuite.cache import atomic_path
+    from evalsuite.runtime.cache import atomic_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -433,7 +433,7 @@ def _pyplot() -> Any:
 
 
 def _save(figure: Any, out_dir: Path, stem: str) -> list[Path]:
-    from evalsuite.cache import atomic_path
+    from evalsuite.runtime.cache import atomic_path
 
     paths = []
     for suffix in ("png", "pdf"):
@@ -712,7 +712,7 @@ def plot_sample_grid(run: RunResults, out_dir: Path) -> list[Path]:
     figure.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "grid.png"
-    from evalsuite.cache import atomic_path
+    from evalsuite.runtime.cache import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         figure.savefig(fh, format="png", dpi=FIGURE_DPI, bbox_inches="tight")

@@ -1,7 +1,7 @@
 """The embedded model zoo: tiny, genuinely trained checkpoints of the procedural shapes dataset.
 
 Commands given no model, classifier or reference use these (and say so). Files live in
-`evalsuite/zoo_assets/` (checkpoints) and `reference_stats/` (reference statistics), each listed
+`evalsuite/zoo/assets/` (checkpoints) and `reference_stats/` (reference statistics), each listed
 with its sha256 in a `manifest.json`. A missing or corrupt file raises an `EvalsuiteError` naming
 the file and the command that rebuilds the zoo.
 """
@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evalsuite.cache import atomic_path, sha256_file
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.cache import atomic_path, sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
-ZOO_DIR = Path(__file__).resolve().parent / "zoo_assets"
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "reference_stats"
+ZOO_DIR = Path(__file__).resolve().parent / "assets"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "reference_stats"
 REBUILD_COMMAND = "bash zoo/build_zoo.sh"
 
 # Names of the zoo's roles -> file names inside ZOO_DIR (checkpoints) or REFERENCE_DIR (stats).

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from evalsuite import PROTOCOL_VERSION, __version__
-from evalsuite.batches import ImageSource, NpzBatch, open_images
-from evalsuite.cache import atomic_path
-from evalsuite.errors import EvalsuiteError
 from evalsuite.metrics import GaussianStats, gaussian_stats
+from evalsuite.pipeline.batches import ImageSource, NpzBatch, open_images
+from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.errors import EvalsuiteError
 
 # The ADM evaluator's reference set for precision/recall: the (up to) 10,000 images of arr_0.
 PR_REFERENCE_SIZE = 10_000
@@ -55,7 +55,7 @@ class Reference:
     def fingerprint(self) -> str:
         if self.images is not None:
             return self.images.fingerprint()
-        from evalsuite.cache import sha256_file
+        from evalsuite.runtime.cache import sha256_file
 
         return sha256_file(self.path)
 

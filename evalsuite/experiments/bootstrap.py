@@ -29,10 +29,6 @@ import numpy as np
 import torch
 
 from evalsuite import PROTOCOL_VERSION
-from evalsuite.cache import atomic_path, cache_dir, cache_key
-from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import METRIC_KEYS, MetricOptions, ReferenceSide, check_pr_size
-from evalsuite.featureset import FeatureSet
 from evalsuite.metrics import (
     GaussianStats,
     frechet_distance,
@@ -41,6 +37,10 @@ from evalsuite.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
+from evalsuite.pipeline.evaluate import METRIC_KEYS, MetricOptions, ReferenceSide, check_pr_size
+from evalsuite.pipeline.featureset import FeatureSet
+from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Metrics a bootstrap gives intervals for (the `*_std` companions of IS/KID are not resampled).
 BOOTSTRAP_KEYS = (

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from evalsuite.cache import atomic_path, sha256_file
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.cache import atomic_path, sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evalsuite.cache import atomic_path
-from evalsuite.errors import EvalsuiteError
+from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Class names, in label order.
 CLASS_NAMES: tuple[str, ...] = (
@@ -222,7 +222,7 @@ def write_adm_batch(path: str | os.PathLike[str], images: np.ndarray, labels: np
     """Write an ADM batch npz (protocol §3): arr_0 uint8 (N,H,W,3), arr_1 int64 (N,); atomic.
 
     The file is written to a temporary name in the same directory and moved into place with
-    os.replace (`evalsuite.cache.atomic_path`), so readers never see a partial batch.
+    os.replace (`evalsuite.runtime.cache.atomic_path`), so readers never see a partial batch.
     Returns the path written.
     """
     images = np.asarray(images)

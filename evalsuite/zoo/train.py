@@ -11,7 +11,7 @@ What it trains (ADM protocol §4, §6):
   with `noised=False` a clean-image classifier (always t = 0 on the unnoised x_0): the "judge"
   that only measures samples and never guides them.
 
-Data: images of the procedural shapes dataset's train split (`evalsuite.data`), rendered on the
+Data: images of the procedural shapes dataset's train split (`evalsuite.zoo.shapes`), rendered on the
 fly at indices drawn uniformly from a finite training set of TRAIN_SET_SIZE images.
 
 Reproducibility: the model is initialised from `seed`; everything random at step k (batch
@@ -48,10 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evalsuite.cache import atomic_path
-from evalsuite.data import CLASS_NAMES, SPLITS, render_shapes
 from evalsuite.diffusion import make_schedule, sample_timesteps, training_losses
-from evalsuite.errors import EvalsuiteError
 from evalsuite.models import (
     ClassifierConfig,
     DiffusionConfig,
@@ -60,6 +57,9 @@ from evalsuite.models import (
     config_to_dict,
     save_checkpoint,
 )
+from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.zoo.shapes import CLASS_NAMES, SPLITS, render_shapes
 
 # Datasets the trainer can draw from.
 DATASETS = ("shapes",)

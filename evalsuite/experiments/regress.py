@@ -18,7 +18,7 @@ values, bounds and hashes after an intended change, keeping the tolerances; `ini
 baseline from the current model.
 
 Bootstrap bounds resample the sample rows with replacement (a seeded numpy Generator); the
-replicates come from `evalsuite.bootstrap.SampleScorer` (exact O(n^2) shortcuts for FID, sFID and
+replicates come from `evalsuite.experiments.bootstrap.SampleScorer` (exact O(n^2) shortcuts for FID, sFID and
 precision/recall) and, for KID, from `KIDResampler` (exact per-subset kernel sums).
 """
 
@@ -41,9 +41,7 @@ import numpy as np
 import torch
 
 from evalsuite import zoo
-from evalsuite.cache import atomic_path, sha256_file
-from evalsuite.errors import EvalsuiteError
-from evalsuite.evaluate import (
+from evalsuite.pipeline.evaluate import (
     REF_STATS_CHOICES,
     MetricOptions,
     ReferenceSide,
@@ -55,9 +53,11 @@ from evalsuite.evaluate import (
     score_features,
     versions,
 )
-from evalsuite.featureset import FeatureComputer, FeatureSet
-from evalsuite.reference import Reference, load_reference
-from evalsuite.sample import SamplingModels, SamplingSettings, generate
+from evalsuite.pipeline.featureset import FeatureComputer, FeatureSet
+from evalsuite.pipeline.reference import Reference, load_reference
+from evalsuite.pipeline.sample import SamplingModels, SamplingSettings, generate
+from evalsuite.runtime.cache import atomic_path, sha256_file
+from evalsuite.runtime.errors import EvalsuiteError
 
 BASELINE_FORMAT = "evalsuite-regress-baseline"
 BASELINE_VERSION = 1
@@ -686,7 +686,7 @@ def prepare(
 
 
 def _folder_hash(folder: Path) -> str:
-    from evalsuite.batches import open_images
+    from evalsuite.pipeline.batches import open_images
 
     return open_images(folder, role="reference").fingerprint()
 
@@ -745,7 +745,7 @@ def measure(
         )
         seconds["sampling"] = time.perf_counter() - started
         started = time.perf_counter()
-        from evalsuite.batches import open_images
+        from evalsuite.pipeline.batches import open_images
 
         sample_computer = FeatureComputer(
             protocol.extractor,
@@ -847,7 +847,7 @@ def bootstrap_replicates(
     metrics from `bootstrap.SampleScorer` (Gram-route FID/sFID, stored P/R distances); both
     equal `score_features` on the resampled features.
     """
-    from evalsuite.bootstrap import SampleScorer, prepare_reference
+    from evalsuite.experiments.bootstrap import SampleScorer, prepare_reference
 
     replicates = {name: np.empty(len(rows)) for name in metrics}
     kid = KIDResampler(reference.pool, sample.pool, options) if "kid" in metrics else None

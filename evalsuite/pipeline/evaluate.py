@@ -14,10 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evalsuite import PROTOCOL_VERSION, __version__, dist
-from evalsuite.batches import open_images
-from evalsuite.errors import EvalsuiteError
-from evalsuite.featureset import FeatureComputer, FeatureSet
+from evalsuite import PROTOCOL_VERSION, __version__
 from evalsuite.metrics import (
     GaussianStats,
     frechet_distance,
@@ -26,7 +23,11 @@ from evalsuite.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
-from evalsuite.reference import POOL_DIM, PR_REFERENCE_SIZE, Reference, load_reference
+from evalsuite.pipeline.batches import open_images
+from evalsuite.pipeline.featureset import FeatureComputer, FeatureSet
+from evalsuite.pipeline.reference import POOL_DIM, PR_REFERENCE_SIZE, Reference, load_reference
+from evalsuite.runtime import dist
+from evalsuite.runtime.errors import EvalsuiteError
 
 METRICS = ("fid", "sfid", "is", "pr", "kid")
 REF_STATS_CHOICES = ("auto", "stored", "recompute")
@@ -337,7 +338,7 @@ def build_ref_stats(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Compute reference statistics of an image batch or folder and write them to `out`."""
-    from evalsuite.reference import write_ref_stats
+    from evalsuite.pipeline.reference import write_ref_stats
 
     source = open_images(reference, role="reference")
     source.require_images()
