@@ -13,7 +13,7 @@ FID, precision and recall of each (evalsuite's scorer, ADM convention), so that 
 numbers on the zoo can be read against what moves them in real images. Sample batches given as
 arguments are scored alongside.
 
-    .venv/bin/python benchmarks/diag_zoo_features.py [--num 1000] [SAMPLES.npz ...]
+    .venv/bin/python zoo/diag_zoo_features.py [--num 1000] [SAMPLES.npz ...]
 """
 
 from __future__ import annotations
