@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import re
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,3 +238,18 @@ def test_python_examples_run(block, tmp_path, monkeypatch, capsys):
 def test_the_readme_runs_something_and_has_a_python_example():
     assert any(b.path.name == "README.md" for b in RUN_BLOCKS)
     assert any(b.path.name == "README.md" for b in PYTHON_BLOCKS)
+
+
+CITED_SCRIPT = re.compile(r"\b((?:zoo|benchmarks)/[\w/]+\.(?:py|sh))\b")
+
+
+def test_every_cited_script_exists_and_the_zoo_diagnostics_start():
+    cited = {match for path in DOCS for match in CITED_SCRIPT.findall(path.read_text())}
+    assert {"benchmarks/bench_zoo_quality.py", "zoo/diag_zoo_pr.py"} <= cited
+    for script in sorted(cited):
+        assert (ROOT / script).is_file(), f"{script} is cited in the docs but does not exist"
+    for script in sorted(s for s in cited if s.startswith("zoo/diag_")):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{script} --help:\n{done.stderr[-2000:]}"
