@@ -29,6 +29,7 @@ With --device cuda on a machine without CUDA it stops with one line (exit 2).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -50,6 +52,7 @@ import torch  # noqa: E402
 
 GPU_COMMAND = "timeout 540 python benchmarks/gpu_check.py --device cuda"
 QUICK_COMMAND = "python benchmarks/gpu_check.py --device cpu --quick"
+T = TypeVar("T")
 # The README's claim for features: equal to torch-fidelity's extractor within this (§1).
 FEATURE_TOLERANCE = 1e-4
 
@@ -68,6 +71,7 @@ class Sizes:
     pr_reference: int
     pr_samples: int
     pr_cpu: tuple[int, int]
+    sweep_scales: str
     sweep_samples: int
     sweep_steps: str
     sweep_metrics: str
@@ -92,6 +96,7 @@ FULL = Sizes(
     pr_reference=10_000,
     pr_samples=50_000,
     pr_cpu=(2000, 5000),
+    sweep_scales="0,1",
     sweep_samples=64,
     sweep_steps="ddim25",
     sweep_metrics="fid,pr",
@@ -103,24 +108,25 @@ FULL = Sizes(
     fid_dims=2048,
 )
 QUICK = Sizes(
-    inception_images=8,
+    inception_images=2,
     inception_size=64,
-    inception_batches=(4, 8),
-    inception_cpu_images=4,
+    inception_batches=(2,),
+    inception_cpu_images=2,
     sampling_preset=False,
     sampling_batches=(1, 4),
     sampling_steps=2,
     pr_reference=300,
     pr_samples=600,
     pr_cpu=(100, 200),
+    sweep_scales="1",
     sweep_samples=4,
     sweep_steps="ddim2",
     sweep_metrics="pr",
-    repro_samples=6,
-    repro_batches=(1, 6),
+    repro_samples=4,
+    repro_batches=(1, 4),
     repro_steps="ddim3",
-    fid_samples=16,
-    fid_batches=(4, 16),
+    fid_samples=4,
+    fid_batches=(2, 4),
     fid_dims=64,
 )
 
@@ -144,15 +150,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, fn: Callable[[], object], repeats: int = 1) -> float:
-    """Seconds per call of fn (after one warm-up call), device work included."""
-    fn()
+def timed(device: torch.device, fn: Callable[[], T], repeats: int = 1) -> tuple[float, T]:
+    """Seconds per call of fn (after one warm-up call), device work included; the last result."""
+    result = fn()
     synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
-        fn()
+        result = fn()
     synchronize(device)
-    return (time.perf_counter() - started) / repeats
+    return (time.perf_counter() - started) / repeats, result
 
 
 def tf32_flags() -> str:
@@ -183,6 +189,15 @@ def environment(device: torch.device) -> Section:
     return section
 
 
+@functools.cache
+def inception(device: torch.device):
+    """The resolved Inception weights and evalsuite's extractor on `device` (built once)."""
+    from evalsuite.features import InceptionFeatureExtractor, resolve_inception_weights
+
+    weights = resolve_inception_weights()
+    return weights, InceptionFeatureExtractor(weights).to(device).eval()
+
+
 def random_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
@@ -190,12 +205,11 @@ def random_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def inception_check(device: torch.device, sizes: Sizes) -> Section:
     """evalsuite's extractor vs torch-fidelity's: img/s and pool_3 agreement; TF32; CPU parity."""
-    from evalsuite.features import InceptionFeatureExtractor, resolve_inception_weights
+    from evalsuite.features import InceptionFeatureExtractor
     from evalsuite.features.weights import torch_fidelity_network
 
     section = Section("1. Inception features vs torch-fidelity")
-    weights = resolve_inception_weights()
-    ours = InceptionFeatureExtractor(weights).to(device).eval()
+    weights, ours = inception(device)
     theirs = torch_fidelity_network(weights.state_dict).to(device)
     images = random_images(sizes.inception_images, sizes.inception_size).to(device)
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -218,35 +232,43 @@ def inception_check(device: torch.device, sizes: Sizes) -> Section:
         "| batch | evalsuite img/s | torch-fidelity img/s | max abs pool_3 diff (fp32, TF32 off) |",
         "|---|---|---|---|",
     ]
+    first = sizes.inception_batches[0]
     try:
         set_tf32(False)
-        worst = 0.0
+        worst, fp32 = 0.0, {}
         for batch in sizes.inception_batches:
-            a = timed(device, lambda b=batch: ours_pool(b))
-            b = timed(device, lambda b=batch: theirs_pool(b))
-            diff = (ours_pool(batch) - theirs_pool(batch)).abs().max().item()
+            a, ours_out = timed(device, lambda b=batch: ours_pool(b))
+            b, theirs_out = timed(device, lambda b=batch: theirs_pool(b))
+            fp32.setdefault("ours", ours_out)
+            fp32.setdefault("theirs", theirs_out)
+            diff = (ours_out - theirs_out).abs().max().item()
             worst = max(worst, diff)
             section.lines.append(
                 f"| {batch} | {len(images) / a:.1f} | {len(images) / b:.1f} | {diff:.2e} |"
             )
-        section.check(f"evalsuite = torch-fidelity within {FEATURE_TOLERANCE:g}", worst <= 1e-4)
-        reference = theirs_pool(sizes.inception_batches[0])
+        section.check(
+            f"evalsuite = torch-fidelity within {FEATURE_TOLERANCE:g} ({worst:.1e})",
+            worst <= FEATURE_TOLERANCE,
+        )
         set_tf32(True)
-        tf32_theirs = theirs_pool(sizes.inception_batches[0])
-        tf32_ours = ours_pool(sizes.inception_batches[0])
+        ours_tf32 = ours_pool(first)
+        theirs_tf32 = theirs_pool(first) if device.type == "cuda" else None
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    ours_diff = (tf32_ours - reference).abs().max().item()
-    theirs_diff = (tf32_theirs - reference).abs().max().item()
-    section.lines += [
-        "",
-        f"With the global TF32 flags on: torch-fidelity's pool_3 moves by {theirs_diff:.2e}; "
-        f"evalsuite's stays within {ours_diff:.2e} of the fp32 reference (its extraction "
-        "switches TF32 off itself).",
-    ]
-    section.check(
-        f"evalsuite features ignore the global TF32 flags ({ours_diff:.1e})", ours_diff <= 1e-4
+    unchanged = torch.equal(ours_tf32, fp32["ours"])
+    section.lines.append("")
+    if theirs_tf32 is not None:
+        moved = (theirs_tf32 - fp32["theirs"]).abs().max().item()
+        section.lines.append(
+            f"With the global TF32 flags switched on, torch-fidelity's pool_3 moves by "
+            f"{moved:.2e} (what TF32 would do to every metric)."
+        )
+    section.lines.append(
+        f"evalsuite's features with the global TF32 flags on are "
+        f"{'bit-identical to' if unchanged else 'DIFFERENT from'} those with them off (its "
+        "extraction switches TF32 off itself)."
     )
+    section.check("evalsuite features do not depend on the global TF32 flags", unchanged)
     if device.type == "cuda":
         cpu = InceptionFeatureExtractor(weights).eval()
         subset = images[: sizes.inception_cpu_images]
@@ -322,7 +344,8 @@ def sampling_check(device: torch.device, sizes: Sizes) -> Section:
     section.lines += [
         f"architecture: {label}; UNet {int(str(models.model.path)) / 1e6:.1f}M parameters, "
         f"classifier {int(str(models.classifier.path)) / 1e6:.1f}M; DDIM, "
-        f"{sizes.sampling_steps} timed steps after a 2-step warm-up; TF32 flags: {tf32_flags()}",
+        f"a {sizes.sampling_steps}-step chain timed after one warm-up chain; TF32 flags: "
+        f"{tf32_flags()}",
         "",
         "| precision | batch | unguided img-steps/s | guided img-steps/s | guided / unguided |",
         "|---|---|---|---|---|",
@@ -340,12 +363,8 @@ def sampling_check(device: torch.device, sizes: Sizes) -> Section:
                     precision=precision,
                 )
                 sampler = BatchSampler(models, settings, device)
-                warm = BatchSampler(
-                    models, SamplingSettings(**{**settings.__dict__, "steps": "2"}), device
-                )
                 indices = list(range(batch))
-                warm(indices)
-                seconds = timed(device, lambda s=sampler, i=indices: s(i), repeats=1)
+                seconds, _ = timed(device, lambda s=sampler, i=indices: s(i), repeats=1)
                 rates.append(batch * sizes.sampling_steps / seconds)
             section.lines.append(
                 f"| {precision} | {batch} | {rates[0]:.1f} | {rates[1]:.1f} | "
@@ -390,55 +409,88 @@ def precision_recall_check(device: torch.device, sizes: Sizes) -> Section:
     return section
 
 
-def run_sweep_command(args: list[str], torchrun: bool, env: dict[str, str]) -> tuple[int, str]:
+def start_sweep(args: list[str], torchrun: bool, env: dict[str, str]) -> subprocess.Popen:
     prefix = [sys.executable, "-m"]
     if torchrun:
         prefix += ["torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m"]
-    result = subprocess.run(
-        [*prefix, "evalsuite", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    return subprocess.Popen(
+        [*prefix, "evalsuite", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
     )
-    return result.returncode, result.stdout + result.stderr
 
 
 def torchrun_check(device: torch.device, sizes: Sizes) -> Section:
-    """The zoo sweep under a 1-process torchrun on the device, against the plain command."""
+    """The zoo sweep under a 1-process torchrun on the device, against the plain command.
+
+    Both commands run at the same time (their timings are therefore not throughputs).
+    """
     section = Section("4. 1-process torchrun sweep")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
+    # The zoo's two models (unconditional and conditional) x the scales.
+    expected_cells = 2 * len(sizes.sweep_scales.split(","))
     records: dict[str, list[dict]] = {}
     samples: dict[str, list[np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as folder:
-        for name, torchrun in (("torchrun", True), ("plain", False)):
-            out = Path(folder) / name
-            args = [
-                "sweep", "--scales", "0,1", "--num-samples", str(sizes.sweep_samples),
-                "--steps", sizes.sweep_steps, "--metrics", sizes.sweep_metrics, "--bootstrap", "0",
-                "--no-judge", "--device", str(device), "--quiet", "--keep-samples",
-                "--out", str(out),
+        args = {
+            name: [
+                "sweep",
+                "--scales",
+                sizes.sweep_scales,
+                "--num-samples",
+                str(sizes.sweep_samples),
+                "--steps",
+                sizes.sweep_steps,
+                "--metrics",
+                sizes.sweep_metrics,
+                "--bootstrap",
+                "0",
+                "--no-judge",
+                "--device",
+                str(device),
+                "--quiet",
+                "--keep-samples",
+                "--out",
+                str(Path(folder) / name),
             ]  # fmt: skip
-            started = time.perf_counter()
-            code, output = run_sweep_command(args, torchrun, env)
+            for name in ("torchrun", "plain")
+        }
+        started = time.perf_counter()
+        running = {name: start_sweep(args[name], name == "torchrun", env) for name in args}
+        for name, process in running.items():
+            output, _ = process.communicate()
             seconds = time.perf_counter() - started
+            out = Path(folder) / name
+            code = process.returncode
             lines = (out / "records.jsonl").read_text().splitlines() if code == 0 else []
             records[name] = [json.loads(line) for line in lines]
             files = sorted((out / "samples").glob("*.npz")) if code == 0 else []
             samples[name] = [np.load(file)["arr_0"] for file in files]
+            launcher = "torchrun --standalone --nproc_per_node 1 -m " if name == "torchrun" else ""
             section.lines.append(
-                f"- `{'torchrun --nproc_per_node 1 -m ' if torchrun else ''}evalsuite "
-                f"{' '.join(args[:-2])}`: exit {code}, {len(lines)} records, {seconds:.0f} s"
+                f"- `{launcher}evalsuite {' '.join(args[name][:-2])}`: exit {code}, "
+                f"{len(lines)} records, done after {seconds:.0f} s"
             )
             if code != 0:
-                section.lines.append(f"  - output tail: `{output.strip().splitlines()[-1]}`")
+                tail = output.strip().splitlines()[-1] if output.strip() else ""
+                section.lines.append(f"  - last output line: `{tail}`")
             section.check(f"{name} sweep exits 0", code == 0)
     ran = records["torchrun"]
     cells = {record["cell"] for record in ran}
-    section.check("one record per cell (2 cells)", len(ran) == 2 and len(cells) == 2)
+    section.check(
+        f"one record per cell ({expected_cells} cells)",
+        len(ran) == expected_cells and len(cells) == expected_cells,
+    )
 
     def values(record: dict) -> tuple:
         return tuple(record.get(key) for key in ("cell", "fid", "precision", "recall"))
 
     same = bool(ran) and [values(r) for r in ran] == [values(r) for r in records["plain"]]
-    samples_same = len(samples["torchrun"]) == 2 and all(
+    samples_same = len(samples["torchrun"]) == expected_cells and all(
         np.array_equal(a, b) for a, b in zip(samples["torchrun"], samples["plain"], strict=False)
     )
     for record in ran:
@@ -468,7 +520,6 @@ def generate_images(models, settings, device, batch: int) -> tuple[np.ndarray, f
 def reproducibility_check(device: torch.device, sizes: Sizes) -> Section:
     """Batch-size effects on samples and FID; feature extraction's batch independence."""
     from evalsuite import zoo
-    from evalsuite.features import InceptionFeatureExtractor, resolve_inception_weights
     from evalsuite.metrics import GaussianStats, frechet_distance, gaussian_stats
     from evalsuite.models.checkpoint import load_checkpoint
     from evalsuite.pipeline.reference import load_reference
@@ -503,8 +554,7 @@ def reproducibility_check(device: torch.device, sizes: Sizes) -> Section:
         same = all(np.array_equal(images, outputs[first]) for images in outputs.values())
         section.check("CPU: samples bit-identical for every batch size", same)
 
-    weights = resolve_inception_weights()
-    extractor = InceptionFeatureExtractor(weights).to(device).eval()
+    _, extractor = inception(device)
     reference = load_reference(zoo.reference())
     fid_settings = SamplingSettings(**{**settings.__dict__, "num_samples": sizes.fid_samples})
     fids = []
@@ -532,12 +582,12 @@ def reproducibility_check(device: torch.device, sizes: Sizes) -> Section:
         abs(fids[0] - fids[1]) <= 1e-2,
     )
 
-    images = random_images(sizes.inception_batches[-1], sizes.inception_size, seed=1).to(device)
+    images = random_images(sizes.inception_batches[0], sizes.inception_size, seed=1).to(device)
     whole = extractor(images)["pool"]
-    pieces = torch.cat([extractor(x)["pool"] for x in images.split(2)])
+    pieces = torch.cat([extractor(x)["pool"] for x in images.split(1)])
     diff = (whole - pieces).abs().max().item()
     section.lines.append(
-        f"- Inception on {device}: {len(images)} images at once vs in batches of 2: max abs "
+        f"- Inception on {device}: {len(images)} images at once vs one at a time: max abs "
         f"pool_3 diff {diff:.2e}"
     )
     section.check(f"features independent of the batch within 1e-4 ({diff:.1e})", diff <= 1e-4)
