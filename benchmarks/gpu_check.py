@@ -184,7 +184,9 @@ def environment(device: torch.device) -> Section:
             ("TF32 defaults", tf32_flags()),
         ]
     else:
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
         rows.append(("CPU", f"{platform.machine()}, {torch.get_num_threads()} threads"))
+        rows.append(("load average (1, 5, 15 min)", load))
     section.lines = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
     return section
 
@@ -327,11 +329,14 @@ def sampling_models(device: torch.device, preset: bool):
             for param in network.parameters():
                 noise = torch.randn(param.shape, generator=generator, device=device)
                 param.add_(0.02 * noise)
-        parameters = sum(p.numel() for p in network.parameters())
-        return LoadedModel(network.eval(), config, diffusion, "", "random", Path(f"{parameters}"))
+        return LoadedModel(network.eval(), config, diffusion, "", "random", Path("random"))
 
     models = SamplingModels(random(unet_config), random(classifier_config))
     return models, label
+
+
+def parameters(network: torch.nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
 
 
 def sampling_check(device: torch.device, sizes: Sizes) -> Section:
@@ -342,8 +347,8 @@ def sampling_check(device: torch.device, sizes: Sizes) -> Section:
     models, label = sampling_models(device, sizes.sampling_preset)
     precisions = ("fp32", "fp16", "bf16") if device.type == "cuda" else ("fp32",)
     section.lines += [
-        f"architecture: {label}; UNet {int(str(models.model.path)) / 1e6:.1f}M parameters, "
-        f"classifier {int(str(models.classifier.path)) / 1e6:.1f}M; DDIM, "
+        f"architecture: {label}; UNet {parameters(models.model.model) / 1e6:.1f}M parameters, "
+        f"classifier {parameters(models.classifier.model) / 1e6:.1f}M; DDIM, "
         f"a {sizes.sampling_steps}-step chain timed after one warm-up chain; TF32 flags: "
         f"{tf32_flags()}",
         "",

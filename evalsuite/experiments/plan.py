@@ -95,8 +95,8 @@ class CellPlan:
 class Calibration:
     """Measured costs on one device: seconds per sampling step of a batch, per Inception image.
 
-    step_seconds maps "<row architecture> <sampler> guided|unguided" to the seconds one chain
-    step takes for a batch of `sampling_batch` samples; inception_seconds_per_image is measured
+    step_seconds maps "<first row of that architecture> <sampler> guided|unguided" (e.g.
+    "conditional ddim guided") to the seconds one chain step takes for a batch of `sampling_batch` samples; inception_seconds_per_image is measured
     on batches of `inception_batch` images at the models' resolution.
     """
 
@@ -142,8 +142,10 @@ class GridPlan:
         )
         totals: dict[str, Any] = {"cells": len(cells)}
         totals.update({key: sum(getattr(c, key) for c in cells) for key in keys})
-        needs_reference = bool(cells) and not any(c.finished for c in self.cells)
-        reference = self.reference_images if (needs_reference or not remaining_only) else 0
+        reference = self.reference_images
+        if remaining_only and (not cells or any(c.finished for c in self.cells)):
+            # Extracted with the first cell of a run, then read from the feature cache.
+            reference = 0
         totals["inception_images"] += reference
         totals["inception_passes"] += self.reference_passes if reference else 0
         if self.calibration is not None:
@@ -306,6 +308,9 @@ def plan_grid(
         raise EvalsuiteError(
             f"--device {device!r} is not a torch device; use cpu or cuda[:N]"
         ) from None
+    for path, what in ((config.judge, "judge"), (config.inception_weights, "Inception weights")):
+        if path is not None and not Path(path).is_file():
+            raise EvalsuiteError(f"{what} file {path} does not exist")
     reference_images = _reference_images(config)
     architectures = read_architectures(config)
     check_grid(config, architectures)
