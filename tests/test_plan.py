@@ -366,3 +366,43 @@ def test_ablate_dry_run_on_the_zoo_spec(tmp_path, forbid_work):
         assert cell["classifier_forwards"] == 0 and cell["classifier_passes"] == 0
     assert "5 variants x 2 training points" in stderr
     assert not (tmp_path / "a").exists() and not forbid_work.exists()
+
+
+def test_paper_scale_plan_from_released_presets(files, tmp_path, forbid_work):
+    # A bare state dict with a preset: the architecture comes from the released flags, the
+    # file is only opened memory-mapped (its tensors are not read, nor checked, in a dry run).
+    import torch
+
+    for name in ("256x256_diffusion.pt", "256x256_classifier.pt"):
+        torch.save({"placeholder": torch.zeros(1)}, tmp_path / name)
+    args = [
+        "sweep",
+        "--model", str(tmp_path / "256x256_diffusion.pt"),
+        "--preset", "256x256_diffusion",
+        "--classifier", str(tmp_path / "256x256_classifier.pt"),
+        "--classifier-preset", "256x256_classifier",
+        "--reference", str(files["reference"]),
+        "--scales", "0,1,10",
+        "--sampler", "ddpm",
+        "--steps", "250",
+        "--num-samples", "50000",
+        "--batch-size", "64",
+        "--device", "cuda",
+        "--out", str(tmp_path / "adm256"),
+        "--dry-run",
+        "--json",
+    ]  # fmt: skip
+    code, stdout, stderr = invoke(args)
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert plan["image_size"] == 256 and [c["guidance_scale"] for c in plan["cells"]] == [0, 1, 10]
+    for cell in plan["cells"]:
+        # 250 steps x 50,000 samples; ceil(50000 / 64) = 782 batches per step.
+        assert cell["unet_evaluations"] == 12_500_000 and cell["unet_passes"] == 195_500
+        guided = cell["guidance_scale"] > 0
+        assert cell["classifier_backwards"] == (12_500_000 if guided else 0)
+        # 50 cached chunks of 1000 images, each ceil(1000 / 64) = 16 extractor calls.
+        assert cell["inception_passes"] == 800
+    assert plan["totals"]["unet_evaluations"] == 37_500_000
+    assert plan["totals"]["classifier_forwards"] == 25_000_000
+    assert not (tmp_path / "adm256").exists() and not forbid_work.exists()

@@ -554,6 +554,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def format_plan(plan: GridPlan) -> str:
     """The plan as a console table with a units legend and totals."""
     axes = plan.axes
@@ -570,8 +574,9 @@ def format_plan(plan: GridPlan) -> str:
             if plan.calibration is not None
             else "no weights loaded, nothing sampled"
         ),
-        f"grid: {axes['models']} models x {axes['samplers']} samplers x {axes['steps']} step "
-        f"counts x {axes['scales']} scales = {len(plan.cells)} cells of {n} samples "
+        f"grid: {_count(axes['models'], 'model')} x {_count(axes['samplers'], 'sampler')} x "
+        f"{_count(axes['steps'], 'step count')} x {_count(axes['scales'], 'scale')} = "
+        f"{_count(len(plan.cells), 'cell')} of {n} samples "
         f"({plan.image_size}x{plan.image_size}); device {plan.device}, {mode}",
         "per image: network evaluations of one sample (chain length; the classifier adds one "
         "forward + one backward per step when guided); passes: batched forward calls",
