@@ -20,6 +20,8 @@ It writes benchmarks/RESULTS_gpu.md (--out to change) with:
 5. The reproducibility claims of the README that one GPU can check: the batch size changes
    samples only in the last bits (and FID by ~1e-3); feature extraction runs in fp32 with TF32
    disabled (features equal whatever the global TF32 flags say, and do not depend on the batch).
+6. `evalsuite sweep --dry-run --calibrate` for a Table-4 row (50k samples, 250 steps, guided and
+   not) of the 256x256 architecture: the device-hours it estimates on this GPU.
 
 `--device cpu --quick` runs every section at toy sizes (a zoo-sized stand-in for the 256x256
 UNet, hundreds of features instead of 60k) in under a minute: the CI smoke test of this script.
@@ -83,6 +85,9 @@ class Sizes:
     # FID over the first fid_dims pool_3 dimensions (2048 = the real FID; fewer for --quick,
     # where two 2048-d Fréchet distances would take half a minute on a small CPU).
     fid_dims: int
+    plan_steps: str
+    plan_samples: int
+    plan_batch: int
 
 
 FULL = Sizes(
@@ -106,6 +111,9 @@ FULL = Sizes(
     fid_samples=10_000,
     fid_batches=(250, 500),
     fid_dims=2048,
+    plan_steps="250",
+    plan_samples=50_000,
+    plan_batch=64,
 )
 QUICK = Sizes(
     inception_images=2,
@@ -128,6 +136,9 @@ QUICK = Sizes(
     fid_samples=4,
     fid_batches=(2, 4),
     fid_dims=64,
+    plan_steps="ddim2",
+    plan_samples=2,
+    plan_batch=2,
 )
 
 
@@ -604,6 +615,70 @@ def reproducibility_check(device: torch.device, sizes: Sizes) -> Section:
     return section
 
 
+def dry_run_check(device: torch.device, sizes: Sizes) -> Section:
+    """`sweep --dry-run --calibrate` for a Table-4 row (the released 256x256 architecture; the
+    zoo's models with --quick): its estimate of the hours on this device."""
+    from evalsuite import zoo
+    from evalsuite.experiments.plan import calibrate, format_plan, plan_grid
+    from evalsuite.experiments.sweep import ModelRow, SweepConfig
+
+    section = Section("6. Sizing a Table-4 row: sweep --dry-run --calibrate")
+    with tempfile.TemporaryDirectory() as folder:
+        if sizes.sampling_preset:
+            # Bare files with the released presets: a dry run reads only their architecture.
+            files = {name: Path(folder) / f"{name}.pt" for name in ("model", "classifier")}
+            for file in files.values():
+                torch.save({"placeholder": torch.zeros(1)}, file)
+            row = ModelRow(
+                name="adm256",
+                model=str(files["model"]),
+                preset="256x256_diffusion",
+                classifier=str(files["classifier"]),
+                classifier_preset="256x256_classifier",
+            )
+        else:
+            row = ModelRow(
+                name="zoo",
+                model=str(zoo.asset(zoo.MODEL)),
+                classifier=str(zoo.asset(zoo.CLASSIFIER)),
+            )
+        config = SweepConfig(
+            rows=(row,),
+            reference=str(zoo.reference()),
+            scales=(0.0, 1.0),
+            samplers=("ddpm",),
+            steps=(sizes.plan_steps,),
+            num_samples=sizes.plan_samples,
+            metrics=("fid",),
+            bootstrap=0,
+        )
+        plan, architectures = plan_grid(config, batch_size=sizes.plan_batch, device=str(device))
+        calibrate(plan, config, architectures)
+    totals = plan.totals()
+    section.lines += [
+        f"{sizes.plan_samples} samples, DDPM {sizes.plan_steps} steps, scales 0 and 1, batch "
+        f"{sizes.plan_batch}, fp32 (as `evalsuite sweep` samples):",
+        "",
+        "```",
+        format_plan(plan),
+        "```",
+        "",
+        f"Estimated: {totals['device_hours']:.2f} device-hours for the two cells on {device}.",
+    ]
+    assert plan.calibration is not None
+    steps = plan.calibration.step_seconds
+    guided = next(v for k, v in steps.items() if k.endswith(" guided"))
+    unguided = next(v for k, v in steps.items() if k.endswith(" unguided"))
+    section.check(
+        "every cell has a positive estimate", all(c.estimated_seconds for c in plan.cells)
+    )
+    section.check(
+        f"a guided step costs more than an unguided one ({guided:.3f} vs {unguided:.3f} s)",
+        guided > unguided,
+    )
+    return section
+
+
 def write_results(path: Path, device: torch.device, quick: bool, sections: list[Section]) -> None:
     from evalsuite.runtime.cache import atomic_path
 
@@ -684,6 +759,7 @@ def main() -> int:
         ("3. Precision/recall on the device", precision_recall_check),
         ("4. 1-process torchrun sweep", torchrun_check),
         ("5. Reproducibility claims", reproducibility_check),
+        ("6. Sizing a Table-4 row: sweep --dry-run --calibrate", dry_run_check),
     )
     for title, check in checks:
         if time.perf_counter() - started > args.budget:

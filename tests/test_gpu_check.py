@@ -42,7 +42,7 @@ def test_quick_cpu_mode_writes_measurements(tmp_path):
     assert f"python benchmarks/gpu_check.py --device cpu --quick --out {out}" in text
     assert "- [ ]" not in text and "failed" not in text.lower()
     summary = re.search(r"Summary: (\d+) of (\d+) checks hold\.", text)
-    assert summary and summary.group(1) == summary.group(2) and int(summary.group(2)) >= 10
+    assert summary and summary.group(1) == summary.group(2) and int(summary.group(2)) >= 16
 
     features = section(text, "1. Inception features vs torch-fidelity")
     row = next(line for line in features.splitlines() if line.startswith("| 2 |"))
@@ -67,6 +67,10 @@ def test_quick_cpu_mode_writes_measurements(tmp_path):
     claims = section(text, "5. Reproducibility claims")
     assert "| 4 | 0.00e+00 | 0 |" in claims
     assert "- [x] CPU: samples bit-identical for every batch size" in claims
+
+    sizing = section(text, "6. Sizing a Table-4 row: sweep --dry-run --calibrate")
+    estimate = re.search(r"Estimated: (\d+\.\d+) device-hours for the two cells on cpu", sizing)
+    assert estimate and "zoo_ddpm-ddim2_s1" in sizing and "calibration: zoo ddpm guided" in sizing
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
