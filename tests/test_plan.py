@@ -406,3 +406,20 @@ def test_paper_scale_plan_from_released_presets(files, tmp_path, forbid_work):
     assert plan["totals"]["unet_evaluations"] == 37_500_000
     assert plan["totals"]["classifier_forwards"] == 25_000_000
     assert not (tmp_path / "adm256").exists() and not forbid_work.exists()
+
+
+def test_zoo_sweep_dry_run_as_documented(tmp_path, forbid_work):
+    # The README's command: the zoo pair, 2 samplers x 2 respacings x 3 scales, 100 samples.
+    code, stdout, stderr = invoke(
+        ["sweep", "--scales", "0,1,4", "--steps", "ddim25,50", "--sampler", "ddpm,ddim",
+         "--dry-run", "--json", "--out", str(tmp_path / "zoo")]
+    )  # fmt: skip
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert plan["totals"]["cells"] == 2 * 2 * 2 * 3 and plan["per_sample_passes"]
+    cell = next(c for c in plan["cells"] if c["cell"] == "conditional_ddpm-50_s4")
+    assert (cell["unet_evaluations"], cell["classifier_backwards"]) == (5000, 5000)
+    cell = next(c for c in plan["cells"] if c["cell"] == "unconditional_ddim-ddim25_s0")
+    assert (cell["unet_passes"], cell["classifier_passes"]) == (2500, 0)
+    assert "no --model: sweeping the zoo" in stderr
+    assert not (tmp_path / "zoo").exists() and not forbid_work.exists()
