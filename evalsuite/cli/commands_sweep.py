@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from evalsuite.cli import UserError, handle_errors, main
-from evalsuite.cli.commands_eval import check_device, weights_option
+from evalsuite.cli.commands_eval import weights_option
+from evalsuite.cli.dry_run import check_run_options, dry_run_options, show_plan
 
 DEFAULT_SCALES = "0,1,4"
 
@@ -272,6 +273,7 @@ def _named_rows(
     help="Run directory (rerun the same command to resume; a different config is refused).",
 )
 @run_options
+@dry_run_options
 @weights_option
 @handle_errors
 def sweep(
@@ -300,6 +302,9 @@ def sweep(
     keep_samples: bool,
     device: str,
     quiet: bool,
+    dry_run: bool,
+    calibrate: bool,
+    as_json: bool,
     inception_weights: str | None,
 ) -> None:
     """Sweep the classifier-guidance scale (and optionally samplers and step counts).
@@ -326,7 +331,7 @@ def sweep(
     from evalsuite.runtime.errors import EvalsuiteError
 
     chosen = parse_metrics(metrics)
-    check_device(device)
+    check_run_options(device, dry_run, calibrate, as_json)
     annotations: dict[str, Any] = {}
     if models:
         if reference is None:
@@ -352,7 +357,8 @@ def sweep(
             f"no --model: sweeping the zoo ({zoo.ZOO_DIR}): unconditional = "
             f"{Path(rows[0].model).name}, conditional = {Path(rows[1].model).name}, both guided "
             f"by {Path(rows[0].classifier).name}; judge {Path(judge).name if judge else 'none'}; "
-            f"reference {reference}"
+            f"reference {reference}",
+            err=as_json,
         )
     config = SweepConfig(
         rows=rows,
@@ -372,6 +378,11 @@ def sweep(
         inception_weights=inception_weights,
         metric_options=MetricOptions(),
     )
+    if dry_run:
+        show_plan(
+            config, out, batch_size=batch_size, device=device, calibrate=calibrate, as_json=as_json
+        )
+        return
     run_sweep(
         config,
         out,
@@ -397,6 +408,7 @@ def sweep(
     "--absolute", is_flag=True, help="Show every row's FID, not differences from the baseline."
 )
 @run_options
+@dry_run_options
 @handle_errors
 def ablate(
     spec: str | None,
@@ -406,6 +418,9 @@ def ablate(
     keep_samples: bool,
     device: str,
     quiet: bool,
+    dry_run: bool,
+    calibrate: bool,
+    as_json: bool,
 ) -> None:
     """Compare architecture variants at several training points (the paper's Table 1).
 
@@ -424,16 +439,27 @@ def ablate(
     from evalsuite import zoo
     from evalsuite.experiments.ablate import load_spec, run_ablation
 
-    check_device(device)
+    check_run_options(device, dry_run, calibrate, as_json)
     if spec is None:
         spec = str(zoo.asset(zoo.ABLATION_SPEC))
-        click.echo(f"no SPEC: using the zoo's ablation spec {spec}")
+        click.echo(f"no SPEC: using the zoo's ablation spec {spec}", err=as_json)
     loaded = load_spec(spec)
     run_dir = Path(out) if out else Path("runs") / f"ablate-{Path(spec).stem}"
     click.echo(
         f"{len(loaded.variants)} variants x {len(loaded.points)} training points "
-        f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}"
+        f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}",
+        err=as_json,
     )
+    if dry_run:
+        show_plan(
+            loaded.sweep_config(),
+            run_dir,
+            batch_size=batch_size,
+            device=device,
+            calibrate=calibrate,
+            as_json=as_json,
+        )
+        return
     run_ablation(
         loaded,
         run_dir,
