@@ -512,7 +512,10 @@ def test_added_sampling_keys_are_optional_in_older_files(tmp_path, monkeypatch):
 
 
 def test_written_baseline_is_plain_toml_with_the_header(tmp_path):
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     path = tmp_path / "b.toml"
     path.write_text(BASELINE_TEXT)

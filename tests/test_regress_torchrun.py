@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,11 @@ import torch
 from click.testing import CliRunner
 
 from evalsuite.cli import main
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = [
@@ -192,11 +196,14 @@ def test_every_rank_exits_1_on_a_regression_and_2_on_bad_input(zoo_baseline, tmp
 
 
 def test_a_killed_rank_ends_the_others_with_one_message(zoo_baseline, tmp_path):
-    longer = _edited(zoo_baseline, tmp_path / "longer.toml", r"^num_samples = 6$", "num_samples = 40")
+    longer = _edited(
+        zoo_baseline, tmp_path / "longer.toml", r"^num_samples = 6$", "num_samples = 40"
+    )
     keep = tmp_path / "kept.npz"
     procs = spawn_ranks(
-        2, ["regress", "--update", str(longer), "--quiet", "--batch-size", "1"]
-        + ["--keep-samples", str(keep)]
+        2,
+        ["regress", "--update", str(longer), "--quiet", "--batch-size", "1"]
+        + ["--keep-samples", str(keep)],
     )
     parts = keep.with_name(keep.name + ".parts")
     deadline = time.monotonic() + 180
