@@ -360,7 +360,8 @@ class _RunFeatures(FeatureComputer):
 def _run_folder() -> Iterator[Path]:
     """A temporary folder that every rank uses (made by rank 0), removed once all are done."""
     created = tempfile.mkdtemp(prefix="evalsuite-regress-") if dist.is_main() else None
-    folder = Path(dist.broadcast_from_main(created))
+    with ranks.collective("the start of the run"):
+        folder = Path(dist.broadcast_from_main(created))
     try:
         yield folder
         with ranks.collective("the end of the run"):
