@@ -158,15 +158,15 @@ def test_ablation_under_torchrun_equals_one_process(tmp_path):
     args = ["ablate", str(spec), "--quiet", "--keep-samples"]
     one = evalsuite(*args, "--out", str(tmp_path / "single"))
     assert one.returncode == 0, one.stderr[-3000:]
-    three = torchrun(3, *args, "--out", str(tmp_path / "three"))
-    assert three.returncode == 0, three.stderr[-3000:]
-    assert [r["cell"] for r in records(tmp_path / "three")] == [
+    multi = torchrun(2, *args, "--out", str(tmp_path / "multi"))
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    assert [r["cell"] for r in records(tmp_path / "multi")] == [
         "baseline@0.6K_ddim-ddim2_s0",
         "baseline@1.2K_ddim-ddim2_s0",
     ]
-    assert_same_run(tmp_path / "three", tmp_path / "single")
-    assert three.stdout.count("report: ") == 1
-    assert (tmp_path / "three" / "report" / "table1.md").exists()
+    assert_same_run(tmp_path / "multi", tmp_path / "single")
+    assert multi.stdout.count("report: ") == 1
+    assert (tmp_path / "multi" / "report" / "table1.md").exists()
 
 
 def _children(pid: int) -> list[int]:
@@ -402,3 +402,30 @@ def test_bad_shard_is_one_line_exit_2(text, message, tmp_path):
     result = CliRunner().invoke(main, ["sweep", "--shard", text, "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def doc_commands() -> list[list[str]]:
+    """The evalsuite commands of docs/scaling.md (continuation lines joined, launcher removed)."""
+    import shlex
+
+    text = (REPO / "docs" / "scaling.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("#") or "evalsuite " not in line:
+            continue
+        if not (line.startswith("evalsuite ") or line.startswith("torchrun ")):
+            continue
+        words = shlex.split(line.replace("$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT", "0/4"))
+        start = words.index("evalsuite")
+        commands.append(words[start + 1 :])
+    return commands
+
+
+def test_the_scaling_guide_commands_parse_with_the_cli():
+    commands = doc_commands()
+    assert [c[0] for c in commands] == ["sweep", "ablate", "sweep", "sweep", "report"]
+    for words in commands:
+        context = main.make_context("evalsuite", list(words))
+        command = main.get_command(context, words[0])
+        command.make_context(words[0], list(words[1:]), parent=context)
