@@ -231,8 +231,16 @@ def test_concurrent_shards_and_a_duplicate_write_each_cell_once(single, tmp_path
         for shard in ("0/2", "1/2", "0/2")
     ]
     outputs = [job.communicate(timeout=TIMEOUT) for job in jobs]
-    for job, (stdout, stderr) in zip(jobs, outputs, strict=True):
+    for job, (_, stderr) in zip(jobs, outputs, strict=True):
         assert job.returncode == 0, stderr[-3000:]
+    # Each job ran cells of its own shard only (0/2: grid positions 1 and 3; 1/2: 2 and 4).
+    started = [
+        {line.split("]")[0] + "]" for line in out.splitlines() if line.startswith("[")}
+        for out, _ in outputs
+    ]
+    assert started[1] == {"[2/4]", "[4/4]"} and started[0] | started[2] <= {"[1/4]", "[3/4]"}
+    assert started[0] | started[2] == {"[1/4]", "[3/4]"}
+    assert any("report: " in out for out, _ in outputs)
     assert [r["cell"] for r in records(out)] == CELLS
     assert_same_run(out, single)
     # The last shard to finish wrote the report; the full table is there.

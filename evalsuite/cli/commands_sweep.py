@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -544,7 +545,8 @@ def report(run_dir: str, out: str | None, absolute: bool, partial: bool) -> None
                 err=True,
             )
             sys.exit(INCOMPLETE_EXIT)
-        runstore.export_records(Path(run_dir))
+        with contextlib.suppress(OSError):
+            runstore.export_records(Path(run_dir))
     result = write_report(run_dir, out, absolute=absolute)
     click.echo(result.table.caption)
     click.echo(to_markdown(result.table))
