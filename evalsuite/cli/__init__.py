@@ -18,9 +18,13 @@ from evalsuite.runtime.errors import EvalsuiteError
 
 
 class UserError(click.ClickException):
-    """A user-input error: printed as one line, exit code 2."""
+    """A user-input error: printed as one line, exit code 2.
+
+    rank_local: seen by this torchrun rank alone, so ranks > 0 print it too (see __main__).
+    """
 
     exit_code = 2
+    rank_local = False
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", err=True, file=file)
@@ -34,7 +38,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except EvalsuiteError as error:
-            raise UserError(str(error)) from None
+            user_error = UserError(str(error))
+            user_error.rank_local = getattr(error, "printed_by_main", True) is False
+            raise user_error from None
         except KeyboardInterrupt:
             click.echo(
                 "Interrupted; rerun the same command to continue where it stopped.", err=True

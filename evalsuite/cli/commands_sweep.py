@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ from evalsuite.cli.commands_eval import weights_option
 from evalsuite.cli.dry_run import check_run_options, dry_run_options, show_plan
 
 DEFAULT_SCALES = "0,1,4"
+# Exit code of `evalsuite report` on a run whose grid still has cells without a record.
+INCOMPLETE_EXIT = 3
 
 
 class FloatListType(click.ParamType):
@@ -52,6 +56,31 @@ class CommaListType(click.ParamType):
             raise UserError(str(error)) from None
 
 
+class ShardType(click.ParamType):
+    """K/N: this job runs the grid cells at positions K, K+N, K+2N, ... (0 <= K < N)."""
+
+    name = "K/N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        from evalsuite.experiments.runstore import parse_shard
+        from evalsuite.runtime.errors import EvalsuiteError
+
+        try:
+            return parse_shard(str(value))
+        except EvalsuiteError as error:
+            raise UserError(str(error)) from None
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """click.echo on rank 0 only (torchrun ranks > 0 print nothing but their errors)."""
+    from evalsuite.runtime.ranks import quiet_rank
+
+    if not quiet_rank():
+        click.echo(message, err=err)
+
+
 def run_options(fn: Any) -> Any:
     """Options shared by `sweep` and `ablate`: where and how the run executes."""
     options = [
@@ -74,6 +103,13 @@ def run_options(fn: Any) -> Any:
             help="Torch device (cpu, cuda, cuda:1, …).",
         ),
         click.option("--quiet", is_flag=True, help="No progress bars (per-cell lines remain)."),
+        click.option(
+            "--shard",
+            type=ShardType(),
+            default=None,
+            help="Run only shard K of N (grid cells K, K+N, ...) into a shared --out: one "
+            "cluster array job per shard; the last one writes the report (docs/scaling.md).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -81,9 +117,21 @@ def run_options(fn: Any) -> Any:
 
 
 def _finish(run_dir: Path, absolute: bool = False) -> None:
-    """Write the report of a run and print its main table."""
+    """Write the report of a run and print its main table (rank 0; once every cell is done)."""
     from evalsuite.experiments.report import to_markdown, write_report
+    from evalsuite.experiments.runstore import missing_cells
+    from evalsuite.runtime.ranks import quiet_rank
 
+    if quiet_rank():
+        return
+    missing = missing_cells(run_dir)
+    if missing:
+        click.echo(
+            f"{len(missing)} cell(s) of the grid have no record yet (other shards): "
+            + ", ".join(m.cell for m in missing)
+        )
+        click.echo(f"`evalsuite report {run_dir}` writes the tables once they are finished.")
+        return
     report = write_report(run_dir, absolute=absolute)
 
     click.echo("")
@@ -305,6 +353,7 @@ def sweep(
     dry_run: bool,
     calibrate: bool,
     as_json: bool,
+    shard: tuple[int, int] | None,
     inception_weights: str | None,
 ) -> None:
     """Sweep the classifier-guidance scale (and optionally samplers and step counts).
@@ -353,7 +402,7 @@ def sweep(
         if judge is None and not no_judge:
             judge = str(zoo.asset(zoo.JUDGE))
         annotations["class_names"] = list(CLASS_NAMES)
-        click.echo(
+        echo(
             f"no --model: sweeping the zoo ({zoo.ZOO_DIR}): unconditional = "
             f"{Path(rows[0].model).name}, conditional = {Path(rows[1].model).name}, both guided "
             f"by {Path(rows[0].classifier).name}; judge {Path(judge).name if judge else 'none'}; "
@@ -379,9 +428,18 @@ def sweep(
         metric_options=MetricOptions(),
     )
     if dry_run:
-        show_plan(
-            config, out, batch_size=batch_size, device=device, calibrate=calibrate, as_json=as_json
-        )
+        # One plan per job: under torchrun only rank 0 prints it.
+        from evalsuite.runtime.ranks import quiet_rank
+
+        if not quiet_rank():
+            show_plan(
+                config,
+                out,
+                batch_size=batch_size,
+                device=device,
+                calibrate=calibrate,
+                as_json=as_json,
+            )
         return
     run_sweep(
         config,
@@ -392,6 +450,7 @@ def sweep(
         progress=not quiet,
         annotations=annotations,
         log=click.echo,
+        shard=shard,
     )
     _finish(Path(out))
 
@@ -421,6 +480,7 @@ def ablate(
     dry_run: bool,
     calibrate: bool,
     as_json: bool,
+    shard: tuple[int, int] | None,
 ) -> None:
     """Compare architecture variants at several training points (the paper's Table 1).
 
@@ -442,23 +502,26 @@ def ablate(
     check_run_options(device, dry_run, calibrate, as_json)
     if spec is None:
         spec = str(zoo.asset(zoo.ABLATION_SPEC))
-        click.echo(f"no SPEC: using the zoo's ablation spec {spec}", err=as_json)
+        echo(f"no SPEC: using the zoo's ablation spec {spec}", err=as_json)
     loaded = load_spec(spec)
     run_dir = Path(out) if out else Path("runs") / f"ablate-{Path(spec).stem}"
-    click.echo(
+    echo(
         f"{len(loaded.variants)} variants x {len(loaded.points)} training points "
         f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}",
         err=as_json,
     )
     if dry_run:
-        show_plan(
-            loaded.sweep_config(),
-            run_dir,
-            batch_size=batch_size,
-            device=device,
-            calibrate=calibrate,
-            as_json=as_json,
-        )
+        from evalsuite.runtime.ranks import quiet_rank
+
+        if not quiet_rank():
+            show_plan(
+                loaded.sweep_config(),
+                run_dir,
+                batch_size=batch_size,
+                device=device,
+                calibrate=calibrate,
+                as_json=as_json,
+            )
         return
     run_ablation(
         loaded,
@@ -468,6 +531,7 @@ def ablate(
         keep_samples=keep_samples,
         progress=not quiet,
         log=click.echo,
+        shard=shard,
     )
     _finish(run_dir, absolute=absolute)
 
@@ -481,21 +545,46 @@ def ablate(
     help="Where to write tables and figures. Default: RUN_DIR/report.",
 )
 @click.option("--absolute", is_flag=True, help="Ablations: absolute FID in every row.")
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Write the tables of the finished cells even if some cells have no record yet.",
+)
 @handle_errors
-def report(run_dir: str, out: str | None, absolute: bool) -> None:
+def report(run_dir: str, out: str | None, absolute: bool, partial: bool) -> None:
     """Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) of a sweep or ablation run.
 
     Sweeps: the Table-4 layout (model x guidance scale; FID, sFID, IS, precision, recall, class
     agreement), trade-off curves and metrics vs scale. Ablations: the Table-1 layout and FID
     per training point. Both: a grid of samples per class and scale (grid.png).
 
+    A run whose grid is not finished (shards still running, an interrupted sweep) gets no
+    report: the missing cells are listed one a line (with the process running each, if any)
+    and the exit code is 3; --partial writes the tables of the finished cells anyway.
+
     \b
     Examples:
       evalsuite report runs/sweep
       evalsuite report runs/ablate-ablation --absolute --out paper/tables
     """
+    from evalsuite.experiments import runstore
     from evalsuite.experiments.report import to_markdown, write_report
 
+    if Path(run_dir).is_dir() and (Path(run_dir) / runstore.CONFIG_NAME).is_file():
+        missing = runstore.missing_cells(run_dir)
+        if missing and not partial:
+            total = len(runstore.read_config(run_dir).get("cells", []))
+            click.echo(f"{run_dir}: {len(missing)} of {total} cells have no record yet:", err=True)
+            for cell in missing:
+                click.echo(f"  missing {cell.describe()}", err=True)
+            click.echo(
+                "rerun the sweep (or the shards that own them) to finish them, or give "
+                "--partial for the tables of the finished cells",
+                err=True,
+            )
+            sys.exit(INCOMPLETE_EXIT)
+        with contextlib.suppress(OSError):
+            runstore.export_records(Path(run_dir))
     result = write_report(run_dir, out, absolute=absolute)
     click.echo(result.table.caption)
     click.echo(to_markdown(result.table))

@@ -459,8 +459,12 @@ def run_ablation(
     keep_samples: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sample and score every (variant, training point) of a validated spec into `run_dir`."""
+    """Sample and score every (variant, training point) of a validated spec into `run_dir`.
+
+    `shard=(K, N)`: only the rows at positions K, K+N, ... (see `run_sweep`).
+    """
     return run_sweep(
         spec.sweep_config(),
         run_dir,
@@ -470,4 +474,5 @@ def run_ablation(
         progress=progress,
         annotations=spec.annotations(),
         log=log,
+        shard=shard,
     )

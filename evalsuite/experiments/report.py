@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evalsuite.experiments.sweep import read_config, read_records
+from evalsuite.experiments.runstore import read_config, read_records
 from evalsuite.runtime.errors import EvalsuiteError
 
 if TYPE_CHECKING:

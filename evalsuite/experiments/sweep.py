@@ -8,16 +8,21 @@ Each cell's samples are scored against one reference (ADM protocol §2) with boo
 A run directory is the results store:
 
     config.json      the resolved configuration, its identity (compared on every rerun),
-                     versions and the sha256 of every checkpoint, the reference and the weights
-    records.jsonl    one flat JSON record per finished cell (configuration, metrics,
-                     intervals, timings), rewritten atomically after each cell
+                     versions and the sha256 of every checkpoint, the reference and the weights,
+                     and the grid's cell names
+    records/         <cell>.json: one flat JSON record per finished cell (configuration,
+                     metrics, intervals, timings), each written once
+    records.jsonl    every record in grid order (rebuilt after each cell)
+    claims/          <cell>.json while a process runs the cell
     samples/         <cell>.npz while its cell runs (resumable parts; kept with keep_samples)
     thumbs/          <cell>.npz: the first samples of each class, for the sample grid
     report/          tables and figures (`evalsuite.experiments.report`)
 
 Rerunning the same configuration into the same directory skips finished cells; an unfinished
 cell resumes from its sample parts, and its features come from the feature cache. A different
-configuration is refused.
+configuration is refused. Under `torchrun` every rank works on every cell and rank 0 writes; with
+--shard K/N several jobs share the directory (`evalsuite.experiments.runstore`,
+`evalsuite.experiments.schedule`; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -38,15 +43,18 @@ import numpy as np
 import torch
 
 from evalsuite import __version__
+from evalsuite.experiments import runstore
 from evalsuite.experiments.bootstrap import (
     PreparedReference,
     SampleScorer,
     bootstrap_intervals,
     prepare_reference,
 )
+from evalsuite.experiments.runstore import read_records
+from evalsuite.experiments.schedule import run_grid
 from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
 from evalsuite.models.config import config_to_dict
-from evalsuite.pipeline.batches import open_images
+from evalsuite.pipeline.batches import open_images, write_npz
 from evalsuite.pipeline.evaluate import (
     MetricOptions,
     check_pr_size,
@@ -66,14 +74,10 @@ from evalsuite.pipeline.sample import (
     generate,
     sidecar_path,
 )
-from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime import dist, ranks
 from evalsuite.runtime.errors import EvalsuiteError
 from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
 
-RUN_FORMAT = "evalsuite-run"
-RUN_VERSION = 1
-CONFIG_NAME = "config.json"
-RECORDS_NAME = "records.jsonl"
 # Samples of each class kept per cell for the sample grid (and rows of unlabelled samples).
 THUMBS_PER_CLASS = 4
 THUMB_ROWS_UNLABELLED = 8
@@ -372,82 +376,18 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's config.json; a directory without one is not a run directory."""
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise EvalsuiteError(
-            f"{run_dir} is not an evalsuite run directory (no {CONFIG_NAME}); "
-            "give a directory written by `evalsuite sweep` or `evalsuite ablate`"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise EvalsuiteError(f"{path}: unreadable run configuration ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-        raise EvalsuiteError(
-            f"{path} is not an evalsuite run configuration (format {RUN_FORMAT!r} expected)"
-        )
-    return config
-
-
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of the finished cells, in the order they finished."""
-    path = Path(run_dir) / RECORDS_NAME
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise EvalsuiteError(
-                    f"{path}:{number} is not a JSON record; the file was edited or damaged"
-                ) from None
-    return records
-
-
-def _append_record(run_dir: Path, record: dict[str, Any]) -> None:
-    lines = [json.dumps(r, sort_keys=False) for r in [*read_records(run_dir), record]]
-    with atomic_path(run_dir / RECORDS_NAME) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
 def open_run_dir(
     run_dir: Path, identity: dict[str, Any], details: dict[str, Any]
 ) -> dict[str, Any]:
     """Create the run directory, or check that it holds the same configuration.
 
-    Writes config.json (identity + details) for a new run; for an existing run refuses a
-    different identity and refreshes the details (annotations such as the ablation baseline).
+    Writes config.json (identity + details) for a new run, exclusively, so concurrent shards
+    starting on one directory agree; for an existing run refuses a different identity and
+    refreshes the details (annotations such as the ablation baseline). The records of a run
+    written before records/ existed are imported into it.
     """
-    path = run_dir / CONFIG_NAME
-    if path.exists():
-        existing = read_config(run_dir)
-        diffs = _differences(existing.get("identity"), identity)
-        if diffs:
-            raise EvalsuiteError(
-                f"{run_dir} holds a run with a different configuration ({'; '.join(diffs[:3])}); "
-                "use another --out, or delete the directory to start over"
-            )
-        created = existing.get("created")
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise EvalsuiteError(
-                f"--out {run_dir} is not empty and not an evalsuite run directory; "
-                "choose a new or empty directory"
-            )
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    config = {
-        "format": RUN_FORMAT,
-        "version": RUN_VERSION,
-        "created": created,
-        "identity": identity,
-        **details,
-    }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    config = runstore.open_config(Path(run_dir), identity, details, _differences)
+    runstore.import_legacy(Path(run_dir))
     return config
 
 
@@ -466,17 +406,25 @@ class _Runtime:
     batch_size: int
     progress: bool
     prepared: PreparedReference | None = None
+    resolved: bool = False
 
 
-def _prepare(runtime: _Runtime) -> tuple[PreparedReference, float, float]:
-    """The prepared reference, and the (features, metrics) seconds spent on it in this call."""
-    if runtime.prepared is not None:
+def _prepare(runtime: _Runtime) -> tuple[PreparedReference | None, float, float]:
+    """The prepared reference, and the (features, metrics) seconds spent on it in this call.
+
+    Every rank extracts its share of the reference features (once); rank 0 alone prepares the
+    metrics (None on the other ranks).
+    """
+    if runtime.resolved:
         return runtime.prepared, 0.0, 0.0
     started = time.perf_counter()
     side = resolve_reference(
         runtime.reference, runtime.config.metrics, runtime.ref_mode, runtime.computer
     )
     feature_seconds = time.perf_counter() - started
+    runtime.resolved = True
+    if not dist.is_main():
+        return None, feature_seconds, 0.0
     runtime.prepared = prepare_reference(
         side, runtime.config.metrics, runtime.config.metric_options, runtime.device
     )
@@ -511,7 +459,8 @@ def _judge_and_thumbs(
     return agreement, thumbnails
 
 
-def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
+def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any] | None:
+    """Sample, extract and score one cell on every rank; rank 0 returns its record."""
     config, run_dir = runtime.config, runtime.run_dir
     models = runtime.models[cell.row.name]
     samples_path = run_dir / "samples" / f"{cell.name}.npz"
@@ -535,6 +484,9 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
     source = open_images(samples_path, role="samples")
     features = runtime.computer.compute(source, desc=f"features {cell.name}")
     features_seconds = time.perf_counter() - started + reference_feature_seconds
+    if prepared is None:
+        # Under torchrun the other ranks sampled and extracted their shares; rank 0 scores.
+        return None
 
     started = time.perf_counter()
     labels = source.labels()
@@ -546,8 +498,7 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
     bootstrap_seconds = time.perf_counter() - bootstrap_started
     metrics_seconds = time.perf_counter() - started + reference_metric_seconds
 
-    with atomic_path(run_dir / "thumbs" / f"{cell.name}.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **thumbnails)
+    write_npz(run_dir / "thumbs" / f"{cell.name}.npz", thumbnails)
     model, classifier = models.model, models.classifier
     record: dict[str, Any] = {
         "cell": cell.name,
@@ -582,7 +533,6 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
         "resumed": resumed,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    _append_record(run_dir, record)
     return record
 
 
@@ -605,27 +555,32 @@ def _summary(record: dict[str, Any]) -> str:
     return f"{', '.join(parts)} ({seconds:.1f} s)"
 
 
-def run_sweep(
-    config: SweepConfig,
-    run_dir: str | Path,
-    *,
-    batch_size: int = 16,
-    device: str = "cpu",
-    keep_samples: bool = False,
-    progress: bool = True,
-    annotations: dict[str, Any] | None = None,
-    log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Run (or finish) every cell of `config` into `run_dir`; returns the records in grid order.
+@dataclass
+class _Loaded:
+    """Everything a run loads and checks before its first sample."""
 
-    Everything is validated (configuration, files, models against the grid, judge, reference,
-    Inception weights) before the first sample is drawn. `annotations` (e.g. the ablation
-    baseline) are stored in config.json for the report but are not part of the identity.
-    """
+    models: dict[str, SamplingModels]
+    judge: LoadedModel | None
+    reference: Reference
+    ref_mode: str
+    weights: Any
+    extractor: Any
+    identity: dict[str, Any]
+    details: dict[str, Any]
+    notes: list[str]
+
+
+def _load(
+    config: SweepConfig,
+    run_dir: Path,
+    batch_size: int,
+    device: str,
+    annotations: dict[str, Any] | None,
+) -> _Loaded:
+    """Validate the configuration and load every input file (run on every rank)."""
     config.validate()
     if batch_size < 1:
         raise EvalsuiteError(f"--batch-size must be >= 1, got {batch_size}")
-    run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise EvalsuiteError(f"--out {run_dir} is a file; give a directory")
     reference = load_reference(config.reference)
@@ -678,27 +633,75 @@ def run_sweep(
         "notes": notes,
         "annotations": annotations or {},
     }
-    open_run_dir(run_dir, identity, details)
-    for note in notes:
-        log(f"note: {note}")
+    return _Loaded(models, judge, reference, ref_mode, weights, extractor, identity, details, notes)
 
+
+def run_sweep(
+    config: SweepConfig,
+    run_dir: str | Path,
+    *,
+    batch_size: int = 16,
+    device: str = "cpu",
+    keep_samples: bool = False,
+    progress: bool = True,
+    annotations: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    shard: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or finish) every cell of `config` into `run_dir`; returns the records in grid order.
+
+    Everything is validated (configuration, files, models against the grid, judge, reference,
+    Inception weights) before the first sample is drawn. `annotations` (e.g. the ablation
+    baseline) are stored in config.json for the report but are not part of the identity.
+
+    Under `torchrun` every rank validates (an error on any rank stops all of them with its
+    message), samples and extracts its share of every cell; rank 0 writes config.json and the
+    records and alone calls `log`. `shard=(K, N)` runs only the cells at grid positions
+    K, K+N, K+2N, ... (cluster job arrays sharing one run directory).
+    """
+    is_main = dist.world()[0] == 0
+    if not is_main:
+        log = _silent
+    run_dir = Path(run_dir)
+    loaded = ranks.agreed(lambda: _load(config, run_dir, batch_size, device, annotations))
     cells = grid_cells(config)
-    done = {record["cell"] for record in read_records(run_dir)}
-    todo = [cell for cell in cells if cell.name not in done]
-    if done:
-        log(f"{run_dir}: {len(cells) - len(todo)} of {len(cells)} cells already finished")
-    computer = make_computer(weights, extractor, device=device, batch_size=64, progress=progress)
-    runtime = _Runtime(
-        config, run_dir, models, judge, reference, ref_mode, computer, device, batch_size, progress
+    details = {**loaded.details, "cells": [cell.name for cell in cells]}
+    ranks.decided(lambda: open_run_dir(run_dir, loaded.identity, details))
+    for note in loaded.notes:
+        log(f"note: {note}")
+    computer = make_computer(
+        loaded.weights, loaded.extractor, device=device, batch_size=64, progress=progress
     )
-    for cell in todo:
-        position = cells.index(cell) + 1
-        log(f"[{position}/{len(cells)}] {cell.describe()}")
+    runtime = _Runtime(
+        config,
+        run_dir,
+        loaded.models,
+        loaded.judge,
+        loaded.reference,
+        loaded.ref_mode,
+        computer,
+        device,
+        batch_size,
+        progress,
+    )
+
+    def run_one(position: int) -> None:
+        cell = cells[position]
+        log(f"[{position + 1}/{len(cells)}] {cell.describe()}")
         record = _run_cell(runtime, cell)
-        log(f"[{position}/{len(cells)}] {cell.describe()}: {_summary(record)}")
+        if record is None:
+            return
+        if not runstore.write_record(run_dir, record):
+            log(f"note: {cell.name} was recorded by another process meanwhile; its record stays")
+        log(f"[{position + 1}/{len(cells)}] {cell.describe()}: {_summary(record)}")
         if not keep_samples:
             samples_path = run_dir / "samples" / f"{cell.name}.npz"
             samples_path.unlink(missing_ok=True)
             sidecar_path(samples_path).unlink(missing_ok=True)
-    order = {cell.name: i for i, cell in enumerate(cells)}
-    return sorted(read_records(run_dir), key=lambda record: order.get(record["cell"], len(order)))
+
+    run_grid(run_dir, [cell.name for cell in cells], run_one, shard=shard, log=log)
+    return read_records(run_dir)
+
+
+def _silent(message: str) -> None:
+    """The log of ranks > 0: rank 0 prints for the job."""

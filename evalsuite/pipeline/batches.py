@@ -271,5 +271,24 @@ def write_sample_batch(
     arrays = {"arr_0": np.ascontiguousarray(images, dtype=np.uint8)}
     if labels is not None:
         arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
+    write_npz(path, arrays)
+
+
+# Timestamp of every member of the .npz files evalsuite writes (np.savez stamps the current time).
+NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def write_npz(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` (uncompressed, atomically) with fixed member timestamps: same arrays, same bytes.
+
+    So a run directory written by torchrun, by cluster shards or after a resume is byte-identical
+    to one written by a single process.
+    """
+    with (
+        atomic_path(Path(path)) as tmp,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+    ):
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_DATE_TIME)
+            with archive.open(info, "w", force_zip64=True) as fh:
+                npy_format.write_array(fh, np.asanyarray(value), allow_pickle=False)

@@ -97,6 +97,8 @@ class FeatureComputer:
             else:
                 todo.append((lo, hi))
         rank, world_size = dist.world()
+        # Rank 0's list of missing chunks for everyone (another rank may already have saved some).
+        todo = dist.broadcast_from_main(todo)
         mine = todo[rank::world_size]
         done_before = total - sum(hi - lo for lo, hi in todo)
         bar = tqdm(

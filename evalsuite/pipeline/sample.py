@@ -410,7 +410,11 @@ def generate(
             with atomic_path(spec_file) as tmp:
                 tmp.write_text(json.dumps({"identity": identity}, indent=2))
     dist.barrier()
-    todo = _missing_batches(settings.num_samples, _existing_parts(folder), batch_size)
+    # Rank 0 lists the finished parts for everyone: a rank listing later could see parts
+    # written meanwhile and share out the remaining batches differently.
+    todo = dist.broadcast_from_main(
+        _missing_batches(settings.num_samples, _existing_parts(folder), batch_size)
+    )
     mine = todo[rank::world_size]
     done_before = settings.num_samples - sum(len(b) for b in todo)
     started = time.perf_counter()

@@ -6,6 +6,7 @@ Without `torchrun` (no WORLD_SIZE in the environment) everything is a single pro
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from typing import Any
 
@@ -23,7 +24,7 @@ def world() -> tuple[int, int]:
             if torch.cuda.is_available() and os.environ.get("EVALSUITE_DIST_BACKEND") != "gloo"
             else "gloo"
         )
-        torch_dist.init_process_group(backend=backend)
+        torch_dist.init_process_group(backend=backend, timeout=collective_timeout())
         # Tear the group down before the interpreter does: gloo's threads destroyed at exit
         # otherwise abort the process now and then ("terminate called without an active
         # exception"), failing a run that had finished.
@@ -31,6 +32,29 @@ def world() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return torch_dist.get_rank(), torch_dist.get_world_size()
+
+
+# Seconds a collective (barrier, broadcast) waits for every rank before failing; env override.
+TIMEOUT_ENV = "EVALSUITE_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 1800
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for the slowest rank: $EVALSUITE_DIST_TIMEOUT s, default 30 min.
+
+    It bounds how long the other ranks wait when one rank hangs or its node is lost; it must
+    exceed the longest step one rank does alone (rank 0 scoring a cell while the others wait).
+    """
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(text) if text.strip() else DEFAULT_TIMEOUT_SECONDS
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        from evalsuite.runtime.errors import EvalsuiteError
+
+        raise EvalsuiteError(f"{TIMEOUT_ENV}={text!r} is not a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
 
 
 def _destroy() -> None:
