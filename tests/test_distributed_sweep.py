@@ -7,8 +7,8 @@ a duplicate of one of them write one directory at once. The run-store pieces (ex
 records, claims and their takeover, legacy records.jsonl with a torn line, the report of an
 unfinished grid) are tested directly.
 
-Every process runs with OMP_NUM_THREADS=1 (what torchrun gives each rank): sampling and
-features do not depend on thread counts, but the BLAS inside the bootstrap does.
+Single processes run with the machine's default thread count while torchrun gives each rank
+one thread: the records must not depend on it (scoring pins torch and BLAS to one thread).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ TIMEOUT = 240
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return {**base, "PYTHONPATH": str(REPO), **extra}
 
 
 def free_port() -> int:

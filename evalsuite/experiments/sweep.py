@@ -76,6 +76,7 @@ from evalsuite.pipeline.sample import (
 )
 from evalsuite.runtime import dist, ranks
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.threads import reproducible_scoring
 from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
 
 # Samples of each class kept per cell for the sample grid (and rows of unlabelled samples).
@@ -425,9 +426,10 @@ def _prepare(runtime: _Runtime) -> tuple[PreparedReference | None, float, float]
     runtime.resolved = True
     if not dist.is_main():
         return None, feature_seconds, 0.0
-    runtime.prepared = prepare_reference(
-        side, runtime.config.metrics, runtime.config.metric_options, runtime.device
-    )
+    with reproducible_scoring():
+        runtime.prepared = prepare_reference(
+            side, runtime.config.metrics, runtime.config.metric_options, runtime.device
+        )
     return runtime.prepared, feature_seconds, runtime.prepared.seconds
 
 
@@ -491,11 +493,12 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any] | None:
     started = time.perf_counter()
     labels = source.labels()
     agreement, thumbnails = _judge_and_thumbs(runtime, source, labels)
-    scorer = SampleScorer(features, prepared, agreement, runtime.device)
-    scores = scorer.scores()
-    bootstrap_started = time.perf_counter()
-    intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
-    bootstrap_seconds = time.perf_counter() - bootstrap_started
+    with reproducible_scoring():
+        scorer = SampleScorer(features, prepared, agreement, runtime.device)
+        scores = scorer.scores()
+        bootstrap_started = time.perf_counter()
+        intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
+        bootstrap_seconds = time.perf_counter() - bootstrap_started
     metrics_seconds = time.perf_counter() - started + reference_metric_seconds
 
     write_npz(run_dir / "thumbs" / f"{cell.name}.npz", thumbnails)

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.linalg
 
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.threads import one_blas_thread
 
 FRECHET_METHODS = ("eigh", "sqrtm")
 
@@ -177,8 +178,10 @@ def gaussian_stats(features: np.ndarray) -> GaussianStats:
     matrix = as_feature_matrix(
         features, name="features", min_rows=2, why="to estimate a covariance"
     )
-    mu = matrix.mean(axis=0, dtype=np.float64)
-    sigma = np.atleast_2d(np.cov(matrix, rowvar=False))
+    # On one BLAS thread, so that the bits do not depend on the thread or process count.
+    with one_blas_thread():
+        mu = matrix.mean(axis=0, dtype=np.float64)
+        sigma = np.atleast_2d(np.cov(matrix, rowvar=False))
     return GaussianStats(mu=mu, sigma=sigma, num=int(matrix.shape[0]))
 
 

@@ -31,6 +31,29 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """NumPy's/SciPy's BLAS and LAPACK on one thread within the block.
+
+    BLAS splits matrix products differently for different thread counts, which changes the
+    last bits of covariances and of everything computed from them; torchrun gives each rank
+    one thread while a plain process uses every core. On one thread the bits are the same for
+    any thread or process count.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
+def reproducible_scoring() -> Iterator[None]:
+    """One thread for torch and for BLAS: metrics and bootstrap intervals independent of the
+    thread and process count."""
+    with single_thread(), one_blas_thread():
+        yield
+
+
 class CoreWorkers:
     """A pool with one worker per intra-op thread (at creation) mapping work single-threaded.
 

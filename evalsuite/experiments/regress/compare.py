@@ -30,6 +30,7 @@ from evalsuite.experiments.regress.baseline import (
 )
 from evalsuite.experiments.regress.measure import Measurement
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.threads import reproducible_scoring
 
 STATUS_PASS, STATUS_FAIL, STATUS_BETTER = "PASS", "FAIL", "BETTER"
 # Status of every metric in the report of --update/--init: the run's values became the baseline.
@@ -195,14 +196,15 @@ def bootstrap_bounds(
     evaluation = baseline.evaluation
     options = evaluation.metric_options()
     groups = tuple(dict.fromkeys(METRIC_GROUPS[name] for name in wanted))
-    prepared = prepare_reference(measurement.reference_side, groups, options, device)
-    scorer = SampleScorer(measurement.sample_features, prepared, device=device)
     rows = resample_rows(
         len(measurement.sample_features),
         evaluation.bootstrap_resamples,
         evaluation.bootstrap_seed,
     )
-    values = replicates(scorer, rows, wanted)
+    with reproducible_scoring():
+        prepared = prepare_reference(measurement.reference_side, groups, options, device)
+        scorer = SampleScorer(measurement.sample_features, prepared, device=device)
+        values = replicates(scorer, rows, wanted)
     return {
         name: one_sided_bound(
             measurement.values[name],
