@@ -19,6 +19,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _sidecar(samples: str) -> Path | None:
+    """The `.json` record `evalsuite sample` writes next to an `.npz` batch, if there is one."""
+    path = Path(samples).with_suffix(".json")
+    return path if Path(samples).suffix == ".npz" and path.is_file() else None
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "n/a"
@@ -187,6 +193,7 @@ def evaluate(
     from evalsuite.pipeline.evaluate import MetricOptions, parse_metrics
     from evalsuite.pipeline.evaluate import evaluate as run_evaluate
     from evalsuite.runtime.errors import EvalsuiteError
+    from evalsuite.runtime.paths import refuse_output_over_input
 
     if len(paths) > 2:
         raise EvalsuiteError(f"expected [REFERENCE] SAMPLES, got {len(paths)} paths")
@@ -197,6 +204,11 @@ def evaluate(
         click.echo(f"no REFERENCE given: using the zoo's reference statistics ({reference})")
     else:
         reference, samples = paths
+    refuse_output_over_input(
+        json_path,
+        "--json",
+        {"REFERENCE": reference, "SAMPLES": samples, "the record of SAMPLES": _sidecar(samples)},
+    )
     chosen = parse_metrics(metrics)
     check_device(device)
     options = MetricOptions(
@@ -261,7 +273,9 @@ def ref_stats(
       evalsuite evaluate my_dataset_stats.npz samples.npz
     """
     from evalsuite.pipeline.evaluate import build_ref_stats
+    from evalsuite.runtime.paths import refuse_output_over_input
 
+    refuse_output_over_input(out, "--out", {"REFERENCE": reference})
     check_device(device)
     meta = build_ref_stats(
         reference,

@@ -204,6 +204,7 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
                 f"{option} only applies with --init; the baseline file fixes the protocol "
                 "(edit it, or --init a new one)"
             )
+    _refuse_overwrites(baseline, options)
     check_device(options["device"])
     run = {
         "inception_weights": options["inception_weights"],
@@ -226,6 +227,33 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
         lib.append_markdown(options["markdown_path"], result)
     if not result.passed and result.action == "check":
         ctx.exit(1)
+
+
+def _refuse_overwrites(baseline: str, options: dict[str, Any]) -> None:
+    """No output (--json, --markdown, --keep-samples and its record, --init's BASELINE) may
+    replace an input or another output."""
+    from pathlib import Path
+
+    from evalsuite.runtime.paths import refuse_output_over_input
+
+    keep = options["keep_samples"]
+    inputs = {
+        "the model": options["model_path"],
+        "the classifier": options["classifier_path"],
+        "the reference": options["reference"],
+    }
+    outputs = {
+        "--json": options["json_path"],
+        "--markdown": options["markdown_path"],
+        "--keep-samples": keep,
+        "the record of --keep-samples": None if keep is None else Path(keep).with_suffix(".json"),
+    }
+    if options["init_"]:
+        refuse_output_over_input(baseline, "--init", inputs)
+    inputs["the baseline"] = baseline
+    for option, path in outputs.items():
+        refuse_output_over_input(path, option, inputs)
+        inputs[f"the {option} output"] = path
 
 
 def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
