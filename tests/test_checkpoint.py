@@ -246,7 +246,7 @@ def test_bare_state_dict_needs_an_architecture(tmp_path: Path):
 def test_non_checkpoint_files_are_rejected(tmp_path: Path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(EvalsuiteError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(EvalsuiteError, match="not a guided-diffusion state dict"):
         load_checkpoint(text, "unet", flags=_flags())
     npz = tmp_path / "batch.npz"
     np.savez(npz, arr_0=np.zeros((2, 4, 4, 3), dtype=np.uint8))

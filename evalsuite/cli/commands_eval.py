@@ -34,7 +34,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """A small human table of an `evaluate` result."""
+    """A small human table of an `evaluate` result (its notes go to stderr, see `evaluate`)."""
     rows = [
         ("FID", _fmt(result["fid"])),
         ("sFID", _fmt(result["sfid"])),
@@ -61,7 +61,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines.append(
         f"Inception weights: {result['weights_source']} (sha256 {result['weights_sha256'][:12]}…)"
     )
-    lines.extend(f"note: {note}" for note in result["notes"])
     return lines
 
 
@@ -232,6 +231,8 @@ def evaluate(
         return
     for line in summary_lines(result):
         click.echo(line)
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
     if json_path:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}")

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from evalsuite.cli import handle_errors, main
 from evalsuite.cli.commands_eval import check_device, device_option, weights_option
-from evalsuite.cli.commands_sample import model_options, sampling_options
+from evalsuite.cli.commands_sample import model_options, resolve_steps, sampling_options
 
 # Options that describe a new protocol; only --init takes them (a baseline fixes its protocol).
 INIT_ONLY = (
@@ -265,7 +265,7 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     settings = SamplingSettings(
         num_samples=options["num_samples"],
         sampler=options["sampler"],
-        steps=options["steps"],
+        steps=resolve_steps(options["steps"], options["model_flags"]),
         eta=options["eta"],
         guidance_scale=options["guidance_scale"],
         classes=options["classes"],

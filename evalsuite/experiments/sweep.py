@@ -66,8 +66,10 @@ from evalsuite.pipeline.sample import (
     generate,
     sidecar_path,
 )
+from evalsuite.pipeline.sanity import noise_like_note
 from evalsuite.runtime.cache import atomic_path
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.errors import note as print_note
 from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
 
 RUN_FORMAT = "evalsuite-run"
@@ -541,6 +543,9 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
     agreement, thumbnails = _judge_and_thumbs(runtime, source, labels)
     scorer = SampleScorer(features, prepared, agreement, runtime.device)
     scores = scorer.scores()
+    noise_like = noise_like_note(precision=scores.get("precision"), fid=None, fid_of_noise=None)
+    if noise_like is not None:
+        print_note(f"cell {cell.name}: {noise_like}")
     bootstrap_started = time.perf_counter()
     intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
     bootstrap_seconds = time.perf_counter() - bootstrap_started
@@ -580,6 +585,7 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
         "metrics_seconds": round(metrics_seconds, 3),
         "bootstrap_seconds": round(bootstrap_seconds, 3),
         "resumed": resumed,
+        "notes": [] if noise_like is None else [noise_like],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     _append_record(run_dir, record)
