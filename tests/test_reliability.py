@@ -27,6 +27,7 @@ from evalsuite.models import build_configs, build_model
 from evalsuite.models.checkpoint import load_checkpoint
 from evalsuite.pipeline import evaluate as evaluate_module
 from evalsuite.pipeline import sample as sample_module
+from evalsuite.pipeline import sanity
 from evalsuite.pipeline.featureset import FeatureComputer
 from evalsuite.pipeline.sample import SamplingModels, SamplingSettings, generate
 from evalsuite.runtime.cache import atomic_path, sha256_file
@@ -422,17 +423,30 @@ def test_one_sample_fid_is_refused_before_feature_extraction(tmp_path, monkeypat
 
 
 def test_notes_for_few_samples_resolution_mismatch_and_noise(tmp_path):
-    reference = random_batch(tmp_path / "r.npz", 6, size=8, seed=4)
-    samples = random_batch(tmp_path / "s.npz", 5, size=16, seed=5)
+    reference = tmp_path / "r.npz"
+    assert invoke(["data", "reference", "--num", "8", "--out", str(reference)]).exit_code == 0
+    samples = random_batch(tmp_path / "s.npz", 5, size=32, seed=5)
     out = tmp_path / "result.json"
-    args = ["evaluate", str(reference), str(samples), "--metrics", "fid", "--quiet"]
+    args = ["evaluate", str(reference), str(samples), "--metrics", "fid,pr", "--quiet"]
     result = invoke([*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     notes = json.loads(out.read_text())["notes"]
     assert any("FID of only 5 samples" in note for note in notes)
-    assert any("samples are 16x16 but the reference is 8x8" in note for note in notes)
-    # Uniform noise samples score as noise does: the note names the usual wrong flags.
+    assert any("samples are 32x32 but the reference is 16x16" in note for note in notes)
+    # Uniform noise against shapes: no sample near the reference; the note names the flags.
+    assert json.loads(out.read_text())["precision"] == 0.0
     assert any("--noise_schedule" in n and "--learn_sigma" in n for n in notes)
     for note in notes:
         assert f"note: {note}" in result.stderr
         assert note not in result.stdout
+
+
+def test_noise_like_judged_by_fid_against_noise():
+    assert sanity.noise_like_note(precision=None, fid=300.0, fid_of_noise=310.0) is not None
+    assert sanity.noise_like_note(precision=None, fid=140.0, fid_of_noise=310.0) is None
+    assert sanity.noise_like_note(precision=0.5, fid=300.0, fid_of_noise=310.0) is None
+    assert sanity.noise_like_note(precision=0.0, fid=None, fid_of_noise=None) is not None
+    assert sanity.noise_like_note(precision=None, fid=300.0, fid_of_noise=None) is None
+    assert sanity.few_samples_note(["fid"], 99) is not None
+    assert sanity.few_samples_note(["fid"], 100) is None
+    assert sanity.few_samples_note(["pr", "kid"], 5) is None

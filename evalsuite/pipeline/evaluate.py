@@ -328,7 +328,11 @@ def evaluate(
     sample_features = computer.compute(sample_source, desc="sample features")
     reference_side = resolve_reference(ref, metrics, mode, computer)
     fid_of_noise = None
-    if "fid" in metrics and "pr" not in metrics:
+    if (
+        "fid" in metrics
+        and "pr" not in metrics
+        and not sanity.few_samples(metrics, len(sample_features))
+    ):
         fid_of_noise = sanity.noise_fid(
             computer,
             reference_side.pool_stats,

@@ -5,7 +5,9 @@
 - Samples about as far from the reference as pure noise: the most common silent mistake with a
   released checkpoint is a wrong diffusion flag (--noise_schedule, --diffusion_steps,
   --learn_sigma): the state dict loads, the samples come out noise-like. Judged by precision
-  when it is computed (noise has none), else by FID against the FID of uniform noise images.
+  when it is computed (noise has none), else by FID against the FID of uniform noise images
+  (extracted once per resolution and cached; skipped below `FEW_SAMPLES_FID` samples, where the
+  few-samples note is given and the extra extraction would cost more than the evaluation).
 """
 
 from __future__ import annotations
@@ -67,10 +69,15 @@ def noise_fid(
     return frechet_distance(sample=gaussian_stats(features.pool), reference=reference)
 
 
+def few_samples(metrics: tuple[str, ...] | list[str], num_samples: int) -> bool:
+    """True when FID/sFID is asked for with fewer than `FEW_SAMPLES_FID` samples."""
+    return any(m in ("fid", "sfid") for m in metrics) and num_samples < FEW_SAMPLES_FID
+
+
 def few_samples_note(metrics: tuple[str, ...] | list[str], num_samples: int) -> str | None:
-    names = [m.upper().replace("SFID", "sFID") for m in metrics if m in ("fid", "sfid")]
-    if not names or num_samples >= FEW_SAMPLES_FID:
+    if not few_samples(metrics, num_samples):
         return None
+    names = [m.upper().replace("SFID", "sFID") for m in metrics if m in ("fid", "sfid")]
     return (
         f"{'/'.join(names)} of only {num_samples} samples is dominated by small-sample bias (it "
         "shrinks like 1/N; published values use 50,000): compare it only with values at the "
