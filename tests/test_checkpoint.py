@@ -237,7 +237,9 @@ def test_preset_on_a_different_state_dict_names_the_width(tmp_path: Path):
 def test_bare_state_dict_needs_an_architecture(tmp_path: Path):
     model, _, _ = _tiny_unet()
     path = _bare(tmp_path, model)
-    with pytest.raises(EvalsuiteError, match="bare state dict.*flags=.*preset=.*256x256_diffusion"):
+    with pytest.raises(
+        EvalsuiteError, match="bare state dict.*--model-flags.*--preset.*256x256_diffusion"
+    ):
         load_checkpoint(path, "unet")
     with pytest.raises(EvalsuiteError, match="not both"):
         load_checkpoint(path, "unet", flags=_flags(), preset="64x64_diffusion")
@@ -246,7 +248,7 @@ def test_bare_state_dict_needs_an_architecture(tmp_path: Path):
 def test_non_checkpoint_files_are_rejected(tmp_path: Path):
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(EvalsuiteError, match="not a loadable PyTorch checkpoint"):
+    with pytest.raises(EvalsuiteError, match="not a guided-diffusion state dict"):
         load_checkpoint(text, "unet", flags=_flags())
     npz = tmp_path / "batch.npz"
     np.savez(npz, arr_0=np.zeros((2, 4, 4, 3), dtype=np.uint8))

@@ -2,6 +2,7 @@
 
 Each command lives in its own module and registers itself on `main`; every command validates its
 inputs before expensive work and turns `EvalsuiteError` into one line on stderr with exit code 2.
+How everything else fails (usage errors, a full disk, bugs) is in `evalsuite.cli.failures`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Any
 import click
 
 from evalsuite import __version__
+from evalsuite.cli.failures import (
+    EvalsuiteGroup,
+    debug_enabled,
+    disk_full_message,
+    report_internal_error,
+)
 from evalsuite.runtime.errors import EvalsuiteError
 
 
@@ -31,7 +38,11 @@ class UserError(click.ClickException):
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for command callbacks: `EvalsuiteError` becomes `UserError` (exit 2, no traceback)."""
+    """Decorator for command callbacks: `EvalsuiteError` becomes `UserError` (exit 2, no traceback).
+
+    A full disk is reported in one line (exit 2); any other unexpected exception as an internal
+    error with its traceback saved to a file (exit 3), or raised as is under --debug.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -46,13 +57,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "Interrupted; rerun the same command to continue where it stopped.", err=True
             )
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            from evalsuite.runtime.cache import DISK_FULL_ERRNOS
+
+            if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+                raise UserError(disk_full_message(error)) from None
+            if debug_enabled():
+                raise
+            report_internal_error(error)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(
+    cls=EvalsuiteGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+)
 @click.version_option(__version__, prog_name="evalsuite")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the full traceback of an internal error instead of saving it to a file.",
+)
+def main(debug: bool) -> None:
     """evalsuite: sample ADM-style diffusion models and score them with the ADM protocol.
 
     \b

@@ -19,6 +19,12 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def _sidecar(samples: str) -> Path | None:
+    """The `.json` record `evalsuite sample` writes next to an `.npz` batch, if there is one."""
+    path = Path(samples).with_suffix(".json")
+    return path if Path(samples).suffix == ".npz" and path.is_file() else None
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "n/a"
@@ -28,7 +34,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """A small human table of an `evaluate` result."""
+    """A small human table of an `evaluate` result (its notes go to stderr, see `evaluate`)."""
     rows = [
         ("FID", _fmt(result["fid"])),
         ("sFID", _fmt(result["sfid"])),
@@ -55,7 +61,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines.append(
         f"Inception weights: {result['weights_source']} (sha256 {result['weights_sha256'][:12]}…)"
     )
-    lines.extend(f"note: {note}" for note in result["notes"])
     return lines
 
 
@@ -187,6 +192,7 @@ def evaluate(
     from evalsuite.pipeline.evaluate import MetricOptions, parse_metrics
     from evalsuite.pipeline.evaluate import evaluate as run_evaluate
     from evalsuite.runtime.errors import EvalsuiteError
+    from evalsuite.runtime.paths import refuse_output_over_input
 
     if len(paths) > 2:
         raise EvalsuiteError(f"expected [REFERENCE] SAMPLES, got {len(paths)} paths")
@@ -197,6 +203,11 @@ def evaluate(
         click.echo(f"no REFERENCE given: using the zoo's reference statistics ({reference})")
     else:
         reference, samples = paths
+    refuse_output_over_input(
+        json_path,
+        "--json",
+        {"REFERENCE": reference, "SAMPLES": samples, "the record of SAMPLES": _sidecar(samples)},
+    )
     chosen = parse_metrics(metrics)
     check_device(device)
     options = MetricOptions(
@@ -220,6 +231,8 @@ def evaluate(
         return
     for line in summary_lines(result):
         click.echo(line)
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
     if json_path:
         write_json(json_path, result)
         click.echo(f"wrote {json_path}")
@@ -261,7 +274,9 @@ def ref_stats(
       evalsuite evaluate my_dataset_stats.npz samples.npz
     """
     from evalsuite.pipeline.evaluate import build_ref_stats
+    from evalsuite.runtime.paths import refuse_output_over_input
 
+    refuse_output_over_input(out, "--out", {"REFERENCE": reference})
     check_device(device)
     meta = build_ref_stats(
         reference,

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from evalsuite.cli import handle_errors, main
 from evalsuite.cli.commands_eval import check_device, device_option, weights_option
-from evalsuite.cli.commands_sample import model_options, sampling_options
+from evalsuite.cli.commands_sample import model_options, resolve_steps, sampling_options
 
 # Options that describe a new protocol; only --init takes them (a baseline fixes its protocol).
 INIT_ONLY = (
@@ -233,6 +233,7 @@ def _regress(ctx: click.Context, baseline: str, options: dict[str, Any]) -> None
                 f"{option} only applies with --init; the baseline file fixes the protocol "
                 "(edit it, or --init a new one)"
             )
+    _refuse_overwrites(baseline, options)
     check_device(options["device"])
     run = {
         "inception_weights": options["inception_weights"],
@@ -262,6 +263,33 @@ def _regress(ctx: click.Context, baseline: str, options: dict[str, Any]) -> None
         ctx.exit(1)
 
 
+def _refuse_overwrites(baseline: str, options: dict[str, Any]) -> None:
+    """No output (--json, --markdown, --keep-samples and its record, --init's BASELINE) may
+    replace an input or another output."""
+    from pathlib import Path
+
+    from evalsuite.runtime.paths import refuse_output_over_input
+
+    keep = options["keep_samples"]
+    inputs = {
+        "the model": options["model_path"],
+        "the classifier": options["classifier_path"],
+        "the reference": options["reference"],
+    }
+    outputs = {
+        "--json": options["json_path"],
+        "--markdown": options["markdown_path"],
+        "--keep-samples": keep,
+        "the record of --keep-samples": None if keep is None else Path(keep).with_suffix(".json"),
+    }
+    if options["init_"]:
+        refuse_output_over_input(baseline, "--init", inputs)
+    inputs["the baseline"] = baseline
+    for option, path in outputs.items():
+        refuse_output_over_input(path, option, inputs)
+        inputs[f"the {option} output"] = path
+
+
 def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     from evalsuite import zoo
     from evalsuite.experiments import regress as lib
@@ -271,7 +299,7 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     settings = SamplingSettings(
         num_samples=options["num_samples"],
         sampler=options["sampler"],
-        steps=options["steps"],
+        steps=resolve_steps(options["steps"], options["model_flags"]),
         eta=options["eta"],
         guidance_scale=options["guidance_scale"],
         classes=options["classes"],

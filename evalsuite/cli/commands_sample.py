@@ -99,6 +99,32 @@ def load_models(
     return SamplingModels(model=model, classifier=classifier)
 
 
+def resolve_steps(steps: str, model_flags: str | None) -> str:
+    """--steps, or the --timestep_respacing of --model-flags when --steps was not given.
+
+    Both given and different is a contradiction and refused (`EvalsuiteError`).
+    """
+    from evalsuite.models.config import parse_flags
+    from evalsuite.runtime.errors import EvalsuiteError
+
+    respacing = parse_flags(model_flags).get("timestep_respacing") if model_flags else None
+    if not respacing:
+        return steps
+    ctx = click.get_current_context(silent=True)
+    steps_given = ctx is not None and ctx.get_parameter_source("steps") not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
+    if not steps_given:
+        return str(respacing)
+    if str(respacing) != steps:
+        raise EvalsuiteError(
+            f"--steps {steps} contradicts --timestep_respacing {respacing} in --model-flags; "
+            "give the respacing once (--steps is enough)"
+        )
+    return steps
+
+
 def sampling_options(fn: Any) -> Any:
     options = [
         click.option(
@@ -112,7 +138,8 @@ def sampling_options(fn: Any) -> Any:
             "--steps",
             default="250",
             show_default=True,
-            help='Respacing: "250", "ddim25", "10,20,30", or "" for all steps.',
+            help='Respacing: "250", "ddim25", "10,20,30", or "" for all steps. '
+            "Default: --timestep_respacing of --model-flags if given, else 250.",
         ),
         click.option(
             "--eta",
@@ -220,7 +247,7 @@ def sample(
     settings = SamplingSettings(
         num_samples=num_samples,
         sampler=sampler,
-        steps=steps,
+        steps=resolve_steps(steps, model_flags),
         eta=eta,
         guidance_scale=guidance_scale,
         classes=classes,

@@ -41,7 +41,7 @@ from evalsuite.metrics import (
 from evalsuite.pipeline.evaluate import METRIC_KEYS, MetricOptions, ReferenceSide, check_pr_size
 from evalsuite.pipeline.featureset import FeatureSet
 from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key
-from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError, note
 
 # Metrics a bootstrap gives intervals for (the `*_std` companions of IS/KID are not resampled).
 BOOTSTRAP_KEYS = (
@@ -104,10 +104,12 @@ def reference_radii(pool: np.ndarray, k: int, device: str | torch.device = "cpu"
     if path.exists():
         try:
             radii = np.load(path)
-            if radii.shape == (len(pool),):
-                return radii
-        except (OSError, ValueError):
-            pass
+            damage = None if radii.shape == (len(pool),) else f"shape {radii.shape}"
+        except (OSError, ValueError, EOFError) as error:
+            damage = type(error).__name__
+        if damage is None:
+            return radii
+        note(f"damaged precision/recall radii cache entry {path} ({damage}); computing it again")
     radii = kth_neighbour_radii(pool, k, device)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, radii)

@@ -74,8 +74,10 @@ from evalsuite.pipeline.sample import (
     generate,
     sidecar_path,
 )
+from evalsuite.pipeline.sanity import noise_like_note
 from evalsuite.runtime import dist, ranks
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.errors import note as print_note
 from evalsuite.runtime.threads import reproducible_scoring
 from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
 
@@ -496,6 +498,9 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any] | None:
     with reproducible_scoring():
         scorer = SampleScorer(features, prepared, agreement, runtime.device)
         scores = scorer.scores()
+        noise_like = noise_like_note(precision=scores.get("precision"), fid=None, fid_of_noise=None)
+        if noise_like is not None:
+            print_note(f"cell {cell.name}: {noise_like}")
         bootstrap_started = time.perf_counter()
         intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
         bootstrap_seconds = time.perf_counter() - bootstrap_started
@@ -534,6 +539,7 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any] | None:
         "metrics_seconds": round(metrics_seconds, 3),
         "bootstrap_seconds": round(bootstrap_seconds, 3),
         "resumed": resumed,
+        "notes": [] if noise_like is None else [noise_like],
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return record

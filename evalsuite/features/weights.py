@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import pickletools
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -312,7 +313,11 @@ def load_inception_state_dict(
         )
     if _is_torchscript_archive(path):
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch >= 2.9 deprecates torch.jit.load; these TorchScript files are only read
+                # for their tensors, once, so the notice is noise to users.
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit")
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # any TorchScript failure means a bad file
             raise EvalsuiteError(
                 f"weights file {path} is an unreadable TorchScript: {exc}"

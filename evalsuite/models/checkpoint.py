@@ -87,12 +87,16 @@ def _read(path: Path, map_location: Any) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load raises many types for non-checkpoint files
-        lines = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+        # Not PyTorch's own message: it suggests weights_only=False, which would run arbitrary
+        # code from a file of unknown origin.
+        if "weights only load failed" in str(error).lower():
+            what = "it holds pickled Python objects besides tensors (a whole pickled model?)"
+        else:
+            what = "it is not a PyTorch file, or it is truncated or damaged"
         raise EvalsuiteError(
-            f"{path} is not a loadable PyTorch checkpoint (torch.load with weights_only=True "
-            f"failed with {reason}); expected a guided-diffusion state dict (.pt) or an "
-            f"evalsuite checkpoint"
+            f"{path} is not a guided-diffusion state dict (.pt) nor an evalsuite checkpoint: "
+            f"{what} ({type(error).__name__}); check the path, or download or save it again "
+            "as a state dict (torch.save(model.state_dict()))"
         ) from None
 
 
@@ -231,10 +235,13 @@ def load_checkpoint(
         source = "embedded"
     elif _is_state_dict(obj):
         if given is None:
+            options = ("--model-flags", "--preset")
+            if kind == "classifier":
+                options = ("--classifier-flags", "--classifier-preset")
             raise EvalsuiteError(
-                f"{path} is a bare state dict without an architecture: pass flags= (the "
-                f"guided-diffusion flags it was trained with) or preset= (one of "
-                f"{', '.join(PRESETS)})"
+                f"{path} is a bare state dict without an architecture: pass {options[0]} (the "
+                f"guided-diffusion flags it was trained with) or {options[1]} (one of "
+                f"{', '.join(name for name in PRESETS if preset_kind(name) == kind)})"
             )
         model_config, diffusion_config, source = given
         state_dict = obj

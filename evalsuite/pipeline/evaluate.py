@@ -23,6 +23,7 @@ from evalsuite.metrics import (
     kernel_inception_distance,
     precision_recall,
 )
+from evalsuite.pipeline import sanity
 from evalsuite.pipeline.batches import open_images
 from evalsuite.pipeline.featureset import FeatureComputer, FeatureSet
 from evalsuite.pipeline.reference import POOL_DIM, PR_REFERENCE_SIZE, Reference, load_reference
@@ -155,10 +156,29 @@ def check_reference(
     return mode
 
 
+def check_moment_sizes(
+    metrics: tuple[str, ...], num_samples: int, ref: Reference, mode: str
+) -> None:
+    """FID, sFID and KID need at least 2 images on each side they are computed from."""
+    needing = [m for m in metrics if m in ("fid", "sfid", "kid")]
+    if not needing:
+        return
+    sides = [("SAMPLES", num_samples, "pass more samples")]
+    if mode == "recompute" and ref.images is not None:
+        sides.append(("REFERENCE", ref.images.num_images, "pass a larger reference"))
+    for role, count, fix in sides:
+        if count < 2:
+            raise EvalsuiteError(
+                f"{'/'.join(needing)} need at least 2 images on each side; {role} has {count}: "
+                f"{fix}, or drop {'/'.join(needing)} from --metrics"
+            )
+
+
 def check_pr_size(role: str, count: int, options: MetricOptions) -> None:
     if count < options.pr_k + 1:
         raise EvalsuiteError(
-            f"precision/recall needs at least k+1 = {options.pr_k + 1} {role} images, got {count}; "
+            f"precision/recall needs at least k+1 = {options.pr_k + 1} images on the {role} side, "
+            f"got {count}; "
             "add images or drop pr from --metrics"
         )
 
@@ -299,6 +319,7 @@ def evaluate(
     mode = check_reference(ref, metrics, ref_stats, options)
     if "pr" in metrics:
         check_pr_size("samples", sample_source.num_images, options)
+    check_moment_sizes(metrics, sample_source.num_images, ref, mode)
 
     weights, extractor = load_inception(inception_weights, device)
     computer = make_computer(
@@ -306,6 +327,18 @@ def evaluate(
     )
     sample_features = computer.compute(sample_source, desc="sample features")
     reference_side = resolve_reference(ref, metrics, mode, computer)
+    fid_of_noise = None
+    if (
+        "fid" in metrics
+        and "pr" not in metrics
+        and not sanity.few_samples(metrics, len(sample_features))
+    ):
+        fid_of_noise = sanity.noise_fid(
+            computer,
+            reference_side.pool_stats,
+            sample_source.image_shape,
+            sample_source.num_images,
+        )
     if not dist.is_main():
         # Under torchrun every rank extracted a share of the features; rank 0 scores them.
         return {}
@@ -315,6 +348,17 @@ def evaluate(
     info, notes = provenance(weights, ref)
     if "is" not in metrics:
         notes = [n for n in notes if not n.startswith("Inception Score")]
+    reference_shape = ref.images.image_shape if ref.images is not None else None
+    if reference_shape is None and ref.meta is not None:
+        reference_shape = ref.meta.get("image_shape")
+    checks = (
+        sanity.few_samples_note(metrics, sample_source.num_images),
+        sanity.resolution_note(sample_source.image_shape, reference_shape),
+        sanity.noise_like_note(
+            precision=result["precision"], fid=result["fid"], fid_of_noise=fid_of_noise
+        ),
+    )
+    notes += [note for note in checks if note is not None]
     result.update(
         num_samples=sample_source.num_images,
         metrics=list(metrics),
@@ -361,6 +405,7 @@ def build_ref_stats(
         "source_sha256": source.fingerprint(),
         "num_images": len(features),
         "num_pool_features": min(len(features), PR_REFERENCE_SIZE),
+        "image_shape": list(source.image_shape),
         "weights_source": weights.source,
         "weights_sha256": weights.sha256,
         "protocol_version": PROTOCOL_VERSION,

@@ -10,6 +10,8 @@ share of the chunks; rank 0 assembles them from the (node-local, shared) cache.
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from evalsuite import PROTOCOL_VERSION
 from evalsuite.pipeline.batches import ImageSource
 from evalsuite.runtime import dist
 from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key
-from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError, note
 
 # Images per cached chunk (env EVALSUITE_FEATURE_CHUNK overrides); part of the cache key.
 CHUNK_SIZE = 1000
@@ -147,20 +149,28 @@ def _chunk_path(folder: Path, lo: int, hi: int) -> Path:
     return folder / f"chunk_{lo:09d}_{hi:09d}.npz"
 
 
+# What reading a damaged .npz can raise (truncated zip, bad CRC, bad deflate stream, bad header).
+DAMAGED_NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
 def _load_chunk(folder: Path, lo: int, hi: int) -> dict[str, np.ndarray] | None:
+    """A cached chunk, or None when it is missing or damaged (a damaged one is removed)."""
     path = _chunk_path(folder, lo, hi)
     if not path.exists():
         return None
     try:
         with np.load(path) as data:
             chunk = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError):
-        path.unlink(missing_ok=True)
-        return None
-    if any(len(v) != hi - lo for v in chunk.values()) or "pool" not in chunk:
-        path.unlink(missing_ok=True)
-        return None
-    return chunk
+        damage = None
+        if "pool" not in chunk or any(len(v) != hi - lo for v in chunk.values()):
+            damage = "wrong contents"
+    except DAMAGED_NPZ_ERRORS as error:
+        damage = type(error).__name__
+    if damage is None:
+        return chunk
+    note(f"damaged feature cache entry {path} ({damage}); computing those features again")
+    path.unlink(missing_ok=True)
+    return None
 
 
 def _save_chunk(folder: Path, lo: int, hi: int, chunk: dict[str, np.ndarray]) -> None:

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from evalsuite.models.config import config_to_dict
 from evalsuite.pipeline.batches import write_sample_batch
 from evalsuite.runtime import dist
 from evalsuite.runtime.cache import atomic_path
-from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.runtime.errors import EvalsuiteError, note
 from evalsuite.runtime.threads import CoreWorkers, single_thread
 
 SAMPLERS = ("ddpm", "ddim")
@@ -324,11 +325,33 @@ def _part_path(folder: Path, lo: int, hi: int) -> Path:
     return folder / f"part_{lo:09d}_{hi:09d}.npz"
 
 
+def _part_intact(path: Path, lo: int, hi: int) -> bool:
+    """Cheap check of a part: its zip directory and the `images` header (hi - lo rows) read."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape = np.lib.format.read_array_header_1_0(member)[0]
+            else:
+                shape = np.lib.format.read_array_header_2_0(member)[0]
+        return shape[:1] == (hi - lo,)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def _existing_parts(folder: Path) -> list[tuple[int, int, Path]]:
+    """Finished parts (lo, hi, path); damaged ones (a truncated file) count as missing."""
     parts = []
     for path in sorted(folder.glob("part_*_*.npz")):
-        _, lo, hi = path.stem.split("_")
-        parts.append((int(lo), int(hi), path))
+        _, lo_text, hi_text = path.stem.split("_", 2)
+        if not (lo_text.isdigit() and hi_text.isdigit()):
+            continue
+        lo, hi = int(lo_text), int(hi_text)
+        if not _part_intact(path, lo, hi):
+            if dist.is_main():
+                note(f"{path} is damaged; its samples {lo}..{hi - 1} will be generated again")
+            continue
+        parts.append((lo, hi, path))
     return parts
 
 
@@ -368,6 +391,25 @@ def _check_identity(existing: Path, identity: dict[str, Any], what: str, out: Pa
     return True
 
 
+def _is_own_record(path: Path) -> bool:
+    """True when `path` holds a sidecar written by `generate` (recognised by its content)."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    identity = recorded.get("identity") if isinstance(recorded, dict) else None
+    return isinstance(identity, dict) and {"settings", "model"} <= set(identity)
+
+
+def _parts_complete(out: Path, identity: dict[str, Any], num_samples: int) -> bool:
+    """True when `OUT.parts/` is this run's and holds every sample (a kill before the sidecar)."""
+    spec_file = parts_dir(out) / "identity.json"
+    if not spec_file.exists():
+        return False
+    _check_identity(spec_file, identity, "the unfinished run in " + str(parts_dir(out)), out)
+    return not _missing_batches(num_samples, _existing_parts(parts_dir(out)), 1)
+
+
 def generate(
     models: SamplingModels,
     settings: SamplingSettings,
@@ -390,14 +432,24 @@ def generate(
     if out.suffix != ".npz":
         raise EvalsuiteError(f"--out {out}: expected a .npz file name (an ADM sample batch)")
     identity = batch_identity(models, settings, device)
+    sidecar = sidecar_path(out)
+    if sidecar.exists() and not _is_own_record(sidecar):
+        raise EvalsuiteError(
+            f"--out {out}: {sidecar} exists and is not evalsuite's record of a sample batch; "
+            "it would be overwritten: choose another --out or move that file away"
+        )
     if out.exists():
-        if not sidecar_path(out).exists():
+        if sidecar.exists():
+            _check_identity(sidecar, identity, "the existing sample batch", out)
+            if dist.is_main():
+                # Left over when a run was killed after writing OUT, before removing its parts.
+                shutil.rmtree(parts_dir(out), ignore_errors=True)
+            return json.loads(sidecar.read_text())
+        if not _parts_complete(out, identity, settings.num_samples):
             raise EvalsuiteError(
-                f"--out {out} already exists and has no {sidecar_path(out).name} record of how it was "
+                f"--out {out} already exists and has no {sidecar.name} record of how it was "
                 "made; choose another --out or delete it"
             )
-        _check_identity(sidecar_path(out), identity, "the existing sample batch", out)
-        return json.loads(sidecar_path(out).read_text())
     sampler = BatchSampler(models, settings, device)
     rank, world_size = dist.world()
     folder = parts_dir(out)
@@ -460,13 +512,19 @@ def _assemble(
             f"{folder}: parts cover {covered} of {settings.num_samples} samples; rerun to finish"
         )
     images, labels = [], []
-    for _, _, path in parts:
-        with np.load(path) as data:
-            images.append(data["images"])
-            if "labels" in data.files:
-                labels.append(data["labels"])
+    for lo, hi, path in parts:
+        try:
+            with np.load(path) as data:
+                images.append(data["images"])
+                if "labels" in data.files:
+                    labels.append(data["labels"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            path.unlink(missing_ok=True)
+            raise EvalsuiteError(
+                f"{path} is damaged ({type(error).__name__}) and was removed; rerun the same "
+                f"command to generate its samples {lo}..{hi - 1} again"
+            ) from None
     all_labels = np.concatenate(labels) if labels else None
-    write_sample_batch(out, np.concatenate(images), all_labels)
     from evalsuite.pipeline.evaluate import versions
 
     record = {
@@ -483,7 +541,10 @@ def _assemble(
         "last_run_seconds": round(seconds, 3),
         **(extra_record or {}),
     }
+    # The sidecar first: a kill between the two writes leaves the parts and a record of them,
+    # and the rerun assembles OUT again (the other order would leave OUT without its record).
     with atomic_path(sidecar_path(out)) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_sample_batch(out, np.concatenate(images), all_labels)
     shutil.rmtree(folder, ignore_errors=True)
     return record

@@ -8,13 +8,18 @@ site-packages or the working directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from evalsuite.runtime.errors import EvalsuiteError
 
 # Environment variable that overrides the cache directory.
 CACHE_ENV = "EVALSUITE_CACHE"
@@ -28,23 +33,75 @@ def cache_dir() -> Path:
     return path
 
 
+# errno values of a full file system or an exhausted quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_file_mode(target: Path) -> int:
+    """The mode `open(target, "w")` would leave: the existing file's, else 0o666 minus the umask."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def disk_full_error(target: Path, error: OSError) -> EvalsuiteError:
+    """One line naming the file that could not be written and the free space left."""
+    try:
+        free = shutil.disk_usage(target.parent).free
+        left = f"{free / 2**20:.1f} MiB free"
+    except OSError:
+        left = "free space unknown"
+    reason = "disk quota exceeded" if error.errno == errno.EDQUOT else "no space left on device"
+    return EvalsuiteError(
+        f"{target}: {reason} while writing it ({left} in {target.parent}); nothing was "
+        "written there: free some space (or point --out / EVALSUITE_CACHE elsewhere) and rerun"
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path` (os.replace).
 
     If the body raises, the temporary file is removed and `path` is left untouched, so readers
-    never see a half-written file. The parent directory is created if needed.
+    never see a half-written file. The parent directory is created if needed. The file gets the
+    permissions a plain `open()` would give it (an existing file's mode, else 0o666 minus the
+    umask), not mkstemp's 0600. A full disk or quota (ENOSPC, EDQUOT) becomes an
+    `EvalsuiteError` naming `path` and the free space.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
+        os.chmod(tmp, plain_file_mode(target))
         os.replace(tmp, target)
+    except OSError as error:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if error.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(target, error) from None
+        raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         raise
 
 
