@@ -336,7 +336,7 @@ def test_internal_error_is_one_line_with_the_traceback_in_a_file(monkeypatch):
 
     monkeypatch.setattr(evaluate_module, "versions", broken)
     result = invoke(["info"])
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 70, result.output
     lines = error_lines(result)
     assert len(lines) == 1, lines
     assert "internal error while running `evalsuite info`" in lines[0]

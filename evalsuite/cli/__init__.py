@@ -41,7 +41,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorator for command callbacks: `EvalsuiteError` becomes `UserError` (exit 2, no traceback).
 
     A full disk is reported in one line (exit 2); any other unexpected exception as an internal
-    error with its traceback saved to a file (exit 3), or raised as is under --debug.
+    error with its traceback saved to a file (exit 70), or raised as is under --debug.
     """
 
     @functools.wraps(fn)

@@ -4,7 +4,7 @@
   exit 2, instead of click's usage block.
 - A full disk or quota anywhere (OSError ENOSPC/EDQUOT): one line naming the file, exit 2.
 - Any other unexpected exception is a bug: one line naming the command, where it happened and
-  the file holding the full traceback (under the cache folder, else the temp folder), exit 3;
+  the file holding the full traceback (under the cache folder, else the temp folder), exit 70;
   with `evalsuite --debug` (or EVALSUITE_DEBUG=1) the traceback is printed instead.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 # Exit code of an internal error (a bug): neither bad input (2) nor a regression found (1).
-INTERNAL_ERROR_EXIT = 3
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE; 3 means an unfinished grid (`report`)
 DEBUG_ENV = "EVALSUITE_DEBUG"
 
 
@@ -107,7 +107,7 @@ def _write_traceback(error: BaseException, command: str) -> Path | None:
 
 
 def report_internal_error(error: Exception) -> NoReturn:
-    """One line about an unexpected exception and where its traceback went; exit 3."""
+    """One line about an unexpected exception and where its traceback went; exit 70."""
     command = _command_path()
     message = str(error).strip().splitlines()
     summary = f"{type(error).__name__}: {message[0][:200]}" if message else type(error).__name__
