@@ -359,3 +359,94 @@ def test_warm_start_adds_the_null_row_as_the_mean_class_row(tmp_path):
         _initial_weights(
             source, dataclasses.replace(null_config, num_channels=64, num_head_channels=64)
         )
+
+
+# --- judge score, sweep and report -------------------------------------------------------------
+
+
+def test_judge_score_is_the_inception_score_formula_over_the_judge_classes():
+    from evalsuite.zoo.judge import judge_score
+
+    # Identical predictions for every sample: p(y|x) = p(y), KL = 0, score 1.
+    assert judge_score(np.tile([[2.0, 0.5, -1.0]], (6, 1))) == pytest.approx(1.0)
+    # Confident and class-balanced over K = 3 classes: KL = log 3, score 3.
+    confident = np.repeat(np.eye(3) * 60.0, 2, axis=0)
+    assert judge_score(confident) == pytest.approx(3.0, rel=1e-9)
+
+
+@pytest.fixture(scope="module")
+def sweep_files(tmp_path_factory) -> dict[str, Path]:
+    from tests.helpers import random_batch
+
+    folder = tmp_path_factory.mktemp("cfg-sweep")
+    return {
+        "cfg": null_class_unet(folder / "cfg.pt"),
+        "plain": tiny_unet(folder / "plain.pt", num_classes=NUM_CLASSES),
+        "classifier": tiny_classifier(folder / "classifier.pt", num_classes=NUM_CLASSES),
+        "judge": tiny_classifier(folder / "judge.pt", num_classes=NUM_CLASSES, seed=7),
+        "reference": random_batch(folder / "reference.npz", 6, size=8),
+    }
+
+
+def test_sweep_puts_classifier_and_cfg_rows_side_by_side(sweep_files, tmp_path):
+    from evalsuite.experiments.report import to_markdown, write_report
+    from evalsuite.experiments.sweep import ModelRow, SweepConfig, read_records, run_sweep
+
+    rows = (
+        ModelRow(
+            name="guided",
+            model=str(sweep_files["plain"]),
+            classifier=str(sweep_files["classifier"]),
+        ),
+        ModelRow(name="cfg", model=str(sweep_files["cfg"]), guidance="cfg", scales=(0.0, 1.0, 3.0)),
+    )
+    config = SweepConfig(
+        rows=rows,
+        reference=str(sweep_files["reference"]),
+        scales=(0.0, 2.0),
+        steps=("ddim3",),
+        num_samples=5,
+        metrics=("fid",),
+        judge=str(sweep_files["judge"]),
+        bootstrap=10,
+    )
+    run_sweep(config, tmp_path / "run", log=lambda _: None, progress=False)
+    records = read_records(tmp_path / "run")
+    assert [(r["model"], r["guidance"], r["guidance_scale"]) for r in records] == [
+        ("guided", "classifier", 0.0),
+        ("guided", "classifier", 2.0),
+        ("cfg", "cfg", 0.0),
+        ("cfg", "cfg", 1.0),
+        ("cfg", "cfg", 3.0),
+    ]
+    assert all(1.0 <= r["judge_score"] <= NUM_CLASSES for r in records)
+    assert all("judge_score_se" in r for r in records)
+    assert "w = s - 1" in records[-1]["scale_convention"]
+    table = to_markdown(write_report(tmp_path / "run").table)
+    lines = table.splitlines()
+    assert "Guidance" in lines[0] and "Judge score" in lines[0] and "IS" not in lines[0]
+    # Classifier scale 0 reads "none" (unguided); CFG scale 0 is the unconditional model, "0".
+    assert lines[2].startswith("| guided | classifier | none |")
+    assert lines[4].startswith("| cfg | CFG | 0 |")
+
+
+def test_sweep_cfg_on_a_model_without_null_class_is_one_line_exit_2(sweep_files, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            "--model",
+            str(sweep_files["plain"]),
+            "--guidance",
+            "cfg",
+            "--scales",
+            "1,2",
+            "--reference",
+            str(sweep_files["reference"]),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "null class" in result.output and len(result.output.strip().splitlines()) == 1
