@@ -250,7 +250,7 @@ def sample(
       # 25 DDIM steps
       evalsuite sample --model m.pt --preset 128x128_diffusion --sampler ddim --steps ddim25 --out s.npz
       # Classifier-free guidance with the zoo's null-class model (s = 1: plain conditional)
-      evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \
+      evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \\
           --classes balanced --out cfg.npz
       # Several GPUs: indices are sharded, the file equals the single-process one
       torchrun --nproc_per_node 8 -m evalsuite sample --model m.pt --preset 64x64_diffusion --out s.npz
