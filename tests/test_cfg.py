@@ -450,3 +450,25 @@ def test_sweep_cfg_on_a_model_without_null_class_is_one_line_exit_2(sweep_files,
     )
     assert result.exit_code == 2, result.output
     assert "null class" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_ablation_spec_takes_the_guidance_kind(tmp_path):
+    from evalsuite.experiments.ablate import load_spec
+    from tests.helpers import random_batch
+
+    null_class_unet(tmp_path / "cfg.pt")
+    random_batch(tmp_path / "reference.npz", 6, size=8)
+    spec = tmp_path / "spec.toml"
+    body = (
+        "[evaluation]\nreference = 'reference.npz'\nmetrics = ['fid']\n"
+        "[[variant]]\nname = 'cfg'\ncheckpoint = 'cfg.pt'\n"
+    )
+    spec.write_text("[sampling]\nguidance = 'cfg'\nguidance_scale = 3.0\n" + body)
+    rows = load_spec(spec).sweep_config().rows
+    assert [row.guidance for row in rows] == ["cfg"]
+    spec.write_text("[sampling]\nguidance = 'free'\n" + body)
+    with pytest.raises(EvalsuiteError, match="sampling.guidance"):
+        load_spec(spec)
+    spec.write_text("[sampling]\nguidance = 'classifier'\n" + body)
+    with pytest.raises(EvalsuiteError, match="no classifier"):
+        load_spec(spec)
