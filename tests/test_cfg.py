@@ -472,3 +472,16 @@ def test_ablation_spec_takes_the_guidance_kind(tmp_path):
     spec.write_text("[sampling]\nguidance = 'classifier'\n" + body)
     with pytest.raises(EvalsuiteError, match="no classifier"):
         load_spec(spec)
+
+
+def test_sample_without_model_uses_the_zoo_cfg_model(tmp_path):
+    out = tmp_path / "cfg.npz"
+    code, output = run(
+        ["--guidance", "cfg", "--guidance-scale", "2", "--sampler", "ddim", "--steps", "ddim2"]
+        + ["--num-samples", "2", "--out", str(out)]
+    )
+    assert code == 0, output
+    assert "null-class (CFG) model" in output
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["model_path"].endswith("cfg_unet.pt")
+    assert sidecar["identity"]["model"]["config"]["null_class"] is True
