@@ -578,11 +578,8 @@ def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
             ax.set_xlabel(label[x])
             ax.set_ylabel(label[y])
         kinds = _guidance_kinds(frame)
-        figure.suptitle(
-            "Classifier guidance: trade-offs"
-            if kinds == ["classifier"]
-            else "Classifier guidance and classifier-free guidance (CFG): trade-offs"
-        )
+        titles = {"classifier": "Classifier guidance", "cfg": "Classifier-free guidance (CFG)"}
+        figure.suptitle(" and ".join(titles[kind] for kind in kinds) + ": trade-offs")
         figure.tight_layout()
         written += _save(figure, out_dir, "tradeoff")
         plt.close(figure)
