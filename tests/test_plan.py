@@ -409,17 +409,44 @@ def test_paper_scale_plan_from_released_presets(files, tmp_path, forbid_work):
 
 
 def test_zoo_sweep_dry_run_as_documented(tmp_path, forbid_work):
-    # The README's command: the zoo pair, 2 samplers x 2 respacings x 3 scales, 100 samples.
+    # The README's command: the zoo, 2 samplers x 2 respacings x its scales, 100 samples.
     code, stdout, stderr = invoke(
         ["sweep", "--scales", "0,1,4", "--steps", "ddim25,50", "--sampler", "ddpm,ddim",
          "--dry-run", "--json", "--out", str(tmp_path / "zoo")]
     )  # fmt: skip
     assert code == 0, stderr
     plan = json.loads(stdout)
-    assert plan["totals"]["cells"] == 2 * 2 * 2 * 3 and plan["per_sample_passes"]
+    # Two classifier-guided rows at 3 scales, and the CFG row at its own scales 1 and 3.
+    assert plan["totals"]["cells"] == 2 * 2 * (2 * 3 + 2) and plan["per_sample_passes"]
+    cell = next(c for c in plan["cells"] if c["cell"] == "cfg_ddim-ddim25_s3")
+    assert (cell["unet_evaluations"], cell["classifier_forwards"]) == (5000, 0)
     cell = next(c for c in plan["cells"] if c["cell"] == "conditional_ddpm-50_s4")
     assert (cell["unet_evaluations"], cell["classifier_backwards"]) == (5000, 5000)
     cell = next(c for c in plan["cells"] if c["cell"] == "unconditional_ddim-ddim25_s0")
     assert (cell["unet_passes"], cell["classifier_passes"]) == (2500, 0)
     assert "no --model: sweeping the zoo" in stderr
     assert not (tmp_path / "zoo").exists() and not forbid_work.exists()
+
+
+def test_dry_run_counts_classifier_free_guidance_as_a_real_run_does(files, monkeypatch, tmp_path):
+    # CFG evaluates the UNet on both halves ([x; x] with labels [y; ∅]) except at s = 0 and
+    # s = 1; on CPU every row is its own pass. Counted on a real run of a null-class model.
+    monkeypatch.setenv("EVALSUITE_CACHE", str(tmp_path / "cache"))
+    cfg_model = tiny_unet(tmp_path / "cfg.pt", null_class=True)
+    row = ModelRow(name="cfg", model=str(cfg_model), guidance="cfg", scales=(0.0, 1.0, 3.0))
+    config = small_config(files, rows=(row,), samplers=("ddim",), steps=("3",), scales=(0.0,))
+    counter = NetworkCounter(monkeypatch)
+    counter.instrument_sweep()
+    run_sweep(
+        config, tmp_path / "run", batch_size=2, device="cpu", progress=False, log=lambda _: None
+    )
+    plan, _ = plan_module.plan_grid(config, batch_size=2, device="cpu")
+    by_name = {cell.cell: cell for cell in plan.cells}
+    assert sorted(by_name) == ["cfg_ddim-3_s0", "cfg_ddim-3_s1", "cfg_ddim-3_s3"]
+    for name, cell in by_name.items():
+        real = counter.counts[name]
+        assert cell.unet_evaluations == real["unet_images"]
+        assert cell.unet_passes == real["unet_calls"]
+        assert cell.classifier_forwards == 0 and "classifier_calls" not in real
+    # Hand-derived: 4 samples x 3 steps, doubled at s = 3 only.
+    assert [by_name[n].unet_evaluations for n in sorted(by_name)] == [12, 12, 24]

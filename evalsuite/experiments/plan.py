@@ -12,12 +12,14 @@ Units (the same in the table, the JSON and the tests):
 - network evaluations per image: how often one sample goes through the diffusion UNet, i.e. the
   length of the respaced chain ("ddim25" = 25, "250" = 250, "" = all T steps). Under guidance
   (scale > 0) the classifier is evaluated as often, each time one forward and one backward
-  pass (the gradient of log p(y | x_t)); at scale 0 it is never called.
+  pass (the gradient of log p(y | x_t)); at scale 0 it is never called. Classifier-free
+  guidance doubles the UNet's evaluations ([x; x] with labels [y; ∅]) except at s = 0 and
+  s = 1, which need one half only.
 - network evaluations per cell: evaluations per image x samples (image-steps).
 - batched forward passes: calls of the network module. On CUDA a batch of --batch-size samples
   goes through whole, ceil(N / batch size) passes per step; on CPU every sample runs alone
   (`evalsuite.pipeline.sample.BatchSampler`, for bits independent of batch size), N passes per
-  step whatever the batch size. Under torchrun the same passes are shared among the ranks.
+  step whatever the batch size (2N under classifier-free guidance). Under torchrun the same passes are shared among the ranks.
 - Inception: images, and extractor calls (batches of 64 inside cached chunks of 1000 images).
   The reference's images go through Inception once per run when its statistics are recomputed
   or precision/recall/KID need its features. Counts assume an empty feature cache.
@@ -84,7 +86,7 @@ class CellPlan:
 
     @property
     def unet_per_image(self) -> int:
-        return self.chain_steps
+        return self.unet_evaluations // self.num_samples
 
     @property
     def classifier_per_image(self) -> int:
@@ -260,11 +262,16 @@ def _cell_plan(
     from evalsuite.diffusion import space_timesteps
 
     chain_steps = len(space_timesteps(models.model.diffusion_config.diffusion_steps, cell.steps))
-    guided = cell.guidance_scale > 0 and models.classifier is not None
+    settings = config.settings(cell)
+    guided = settings.classifier_gradient_scale > 0 and models.classifier is not None
+    # Classifier-free guidance evaluates the UNet on [x; x] with labels [y; ∅] (one batched
+    # pass; on CPU every row runs alone) except at s = 1 and s = 0, which need one half only.
+    halves = 2 if settings.guidance == "cfg" and cell.guidance_scale not in (0.0, 1.0) else 1
     n = config.num_samples
     batches = math.ceil(n / batch_size)
     passes = chain_steps * (n if per_sample else batches)
     evaluations = chain_steps * n
+    unet_passes = chain_steps * n * halves if per_sample else passes
     return CellPlan(
         cell=cell.name,
         model=cell.row.name,
@@ -275,10 +282,10 @@ def _cell_plan(
         chain_steps=chain_steps,
         guided=guided,
         sampling_batches=batches,
-        unet_evaluations=evaluations,
+        unet_evaluations=evaluations * halves,
         classifier_forwards=evaluations if guided else 0,
         classifier_backwards=evaluations if guided else 0,
-        unet_passes=passes,
+        unet_passes=unet_passes,
         classifier_passes=passes if guided else 0,
         inception_images=n,
         inception_passes=feature_passes(n),
@@ -405,7 +412,10 @@ def _step_keys(
             sort_keys=True,
         )
         name = first_row.setdefault(signature, cell.row.name)
-        keys[cell.name] = f"{name} {cell.sampler} {'guided' if cell_plan.guided else 'unguided'}"
+        key = f"{name} {cell.sampler} {'guided' if cell_plan.guided else 'unguided'}"
+        if cell_plan.unet_per_image > cell_plan.chain_steps:
+            key += " cfg"  # both halves of classifier-free guidance: twice the UNet's work
+        keys[cell.name] = key
     return keys
 
 
@@ -579,11 +589,17 @@ def format_plan(plan: GridPlan) -> str:
             else "no weights loaded, nothing sampled"
         ),
         f"grid: {_count(axes['models'], 'model')} x {_count(axes['samplers'], 'sampler')} x "
-        f"{_count(axes['steps'], 'step count')} x {_count(axes['scales'], 'scale')} = "
-        f"{_count(len(plan.cells), 'cell')} of {n} samples "
+        f"{_count(axes['steps'], 'step count')} x "
+        + (
+            f"{_count(axes['scales'], 'scale')} = "
+            if axes["models"] * axes["samplers"] * axes["steps"] * axes["scales"] == len(plan.cells)
+            else "each model's scales = "
+        )
+        + f"{_count(len(plan.cells), 'cell')} of {n} samples "
         f"({plan.image_size}x{plan.image_size}); device {plan.device}, {mode}",
-        "per image: network evaluations of one sample (chain length; the classifier adds one "
-        "forward + one backward per step when guided); passes: batched forward calls",
+        "per image: network evaluations of one sample (chain length, twice under classifier-free "
+        "guidance; the classifier adds one forward + one backward per step when guided); passes: "
+        "batched forward calls",
     ]
     calibrated = plan.calibration is not None
     header = ["cell", "steps", "UNet/img", "clf/img", "UNet evals", "clf evals", "UNet passes"]
