@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from evalsuite import __version__
 from evalsuite.diffusion import (
     ClassifierGuidance,
+    DiffusionSchedule,
     PerSampleNoise,
     make_denoiser,
     make_schedule,
@@ -35,13 +36,15 @@ from evalsuite.diffusion import (
 )
 from evalsuite.models.checkpoint import LoadedModel
 from evalsuite.models.config import config_to_dict
+from evalsuite.models.diffusers_source import DiffusersModel
 from evalsuite.pipeline.batches import write_sample_batch
 from evalsuite.runtime import dist
 from evalsuite.runtime.cache import atomic_path
 from evalsuite.runtime.errors import EvalsuiteError
 from evalsuite.runtime.threads import CoreWorkers, single_thread
 
-SAMPLERS = ("ddpm", "ddim")
+# "scheduler": a diffusers folder's own scheduler (`diffusers:` models only).
+SAMPLERS = ("ddpm", "ddim", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -82,7 +85,7 @@ class SamplingSettings:
 class SamplingModels:
     """The diffusion model and the optional guiding classifier."""
 
-    model: LoadedModel
+    model: LoadedModel | DiffusersModel
     classifier: LoadedModel | None = None
 
     @property
@@ -94,6 +97,16 @@ class SamplingModels:
 
     def check(self, settings: SamplingSettings) -> None:
         """Reject incompatible model/classifier/settings combinations before any work."""
+        if isinstance(self.model, DiffusersModel):
+            from evalsuite.pipeline.diffusers_sample import check_settings
+
+            check_settings(self, settings)
+            return
+        if settings.sampler == "scheduler":
+            raise EvalsuiteError(
+                "--sampler scheduler (a diffusers folder's own scheduler) needs a "
+                "--model diffusers:PATH; use ddpm or ddim"
+            )
         model_config = self.model.model_config
         if getattr(model_config, "small_size", None):
             raise EvalsuiteError(
@@ -185,10 +198,7 @@ class BatchSampler:
         self.models = models
         self.settings = settings
         self.device = torch.device(device)
-        diffusion = models.model.diffusion_config
-        self.schedule = make_schedule(
-            diffusion.noise_schedule, diffusion.diffusion_steps, settings.steps
-        )
+        self.schedule = self._schedule()
         self.dtype = PRECISIONS[settings.precision]
         self.per_sample = self.device.type == "cpu"
         # Per-sample passes run single-threaded, several at once (one per core).
@@ -200,6 +210,12 @@ class BatchSampler:
         self.model = models.model.model.to(self.device).eval()
         self.classifier = (
             None if models.classifier is None else models.classifier.model.to(self.device).eval()
+        )
+
+    def _schedule(self) -> DiffusionSchedule | None:
+        diffusion = self.models.model.diffusion_config
+        return make_schedule(
+            diffusion.noise_schedule, diffusion.diffusion_steps, self.settings.steps
         )
 
     def _autocast(self) -> Any:
@@ -277,6 +293,17 @@ class BatchSampler:
                 denoise_fn, self.schedule, x_T, noise=noise, eta=settings.eta, guidance=guidance
             )
         return to_uint8(x_0), labels_np
+
+
+def make_batch_sampler(
+    models: SamplingModels, settings: SamplingSettings, device: str | torch.device
+) -> BatchSampler:
+    """The batch sampler for the model's kind (ADM checkpoint or diffusers folder)."""
+    if isinstance(models.model, DiffusersModel):
+        from evalsuite.pipeline.diffusers_sample import DiffusersBatchSampler
+
+        return DiffusersBatchSampler(models, settings, device)
+    return BatchSampler(models, settings, device)
 
 
 def batch_identity(
@@ -398,7 +425,7 @@ def generate(
             )
         _check_identity(sidecar_path(out), identity, "the existing sample batch", out)
         return json.loads(sidecar_path(out).read_text())
-    sampler = BatchSampler(models, settings, device)
+    sampler = make_batch_sampler(models, settings, device)
     rank, world_size = dist.world()
     folder = parts_dir(out)
     spec_file = folder / "identity.json"
