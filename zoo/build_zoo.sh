@@ -24,6 +24,7 @@ if [[ "${ZOO_QUICK:-0}" == 1 ]]; then
     REFERENCE_OUT=${ZOO_REFERENCE_OUT:-$scratch/reference_stats}
     WORK=${ZOO_WORK:-$scratch/work}
     MAIN_STEPS=5 MAIN_ANNEAL_STEPS=2 POINTS=(2 4) ABLATION_STEPS=4 CLASSIFIER_STEPS=5 JUDGE_STEPS=5
+    CFG_STEPS=5 CFG_ANNEAL_STEPS=2
     REFERENCE_IMAGES=64 CHECK_IMAGES=64 CHECK_SAMPLES=4
 else
     OUT=${ZOO_OUT:-evalsuite/zoo/assets}
@@ -37,6 +38,8 @@ else
     MAIN_STEPS=${ZOO_MAIN_STEPS:-28000} MAIN_ANNEAL_STEPS=${ZOO_MAIN_ANNEAL_STEPS:-8000}
     POINTS=(600 1200) ABLATION_STEPS=1200
     CLASSIFIER_STEPS=4000 JUDGE_STEPS=800
+    # Classifier-free guidance model: the conditional UNet fine-tuned with a null class.
+    CFG_STEPS=1400 CFG_ANNEAL_STEPS=700
     REFERENCE_IMAGES=${ZOO_REFERENCE_IMAGES:-1000} CHECK_IMAGES=2000 CHECK_SAMPLES=100
 fi
 mkdir -p "$OUT" "$REFERENCE_OUT" "$WORK"
@@ -83,6 +86,15 @@ train_uncond() {
     evalsuite train unet --out "$WORK/uncond" --steps "$MAIN_STEPS" --seed 1 \
         --lr-anneal-steps "$MAIN_ANNEAL_STEPS" "${TRAINING[@]}" --flags "$UNET --class_cond False"
 }
+# 1b. Classifier-free guidance: the conditional UNet warm-started with a null class ∅ (its label
+#     embedding row starts as the mean class row) and fine-tuned with label dropout 0.1.
+train_cfg() {
+    say "classifier-free guidance UNet: $CFG_STEPS steps from the conditional UNet"
+    evalsuite train unet --out "$WORK/cfg" --steps "$CFG_STEPS" --seed 3 \
+        --init "$WORK/cond/unet.pt" --label-dropout 0.1 --lr-anneal-steps "$CFG_ANNEAL_STEPS" \
+        --batch-size 32 --lr 3e-4 --ema-rate 0.995 --log-every 50 --state-every 100 \
+        "${QUIET[@]}" --flags "$UNET --class_cond True --null_class True"
+}
 # 2. Architecture ablations (Tables 1-3): one change each from the baseline, same seed, data
 #    order, noise and budget; checkpoints at the two training points.
 train_ablation() { # index into ABLATIONS
@@ -104,7 +116,7 @@ train_judge() {
     evalsuite train classifier --clean --out "$WORK/judge" --steps "$JUDGE_STEPS" \
         --seed 7 --batch-size 64 --lr 1e-3 --ema-rate 0.995 "${QUIET[@]}" --flags "$JUDGE"
 }
-lane_a() { train_cond && train_ablation 0 && train_ablation 1 && train_judge; }
+lane_a() { train_cond && train_cfg && train_ablation 0 && train_ablation 1 && train_judge; }
 lane_b() { train_uncond && train_ablation 2 && train_ablation 3 && train_classifier; }
 
 # Every training is independent: on 2+ cores they run in two lanes of one thread each (small
@@ -132,6 +144,7 @@ fi
 install_asset() { cp "$1" "$OUT/.$2.tmp" && mv "$OUT/.$2.tmp" "$OUT/$2"; }
 install_asset "$WORK/cond/unet.pt" cond_unet.pt
 install_asset "$WORK/uncond/unet.pt" uncond_unet.pt
+install_asset "$WORK/cfg/unet.pt" cfg_unet.pt
 install_asset "$WORK/classifier/classifier.pt" classifier.pt
 install_asset "$WORK/judge/classifier.pt" judge.pt
 for point in "${POINTS[@]}"; do
@@ -221,6 +234,7 @@ if missing:
 roles = {
     "cond_unet.pt": "class-conditional UNet",
     "uncond_unet.pt": "unconditional UNet",
+    "cfg_unet.pt": "class-conditional UNet with a null class (classifier-free guidance)",
     "classifier.pt": "noise-aware classifier (guidance)",
     "judge.pt": "clean-image judge classifier (measures samples only)",
     "ablation.toml": "architecture-ablation table spec",

@@ -61,10 +61,12 @@ def load_models(
     classifier_flags: str | None,
     classifier_preset: str | None,
     guidance_scale: float = 0.0,
+    guidance: str = "classifier",
 ):
     """Load the diffusion model and optional classifier named on the command line.
 
-    Without --model the zoo's class-conditional model is used (and its classifier when guiding).
+    Without --model the zoo's class-conditional model is used (and its classifier when guiding);
+    with `guidance` "cfg" the zoo's null-class model.
     """
     from evalsuite.models.checkpoint import load_checkpoint
     from evalsuite.pipeline.sample import SamplingModels
@@ -75,8 +77,12 @@ def load_models(
 
         if model_flags or preset:
             raise EvalsuiteError("--model-flags/--preset given without --model PATH")
-        model_path = str(zoo.asset(zoo.MODEL))
-        click.echo(f"no --model given: using the zoo's class-conditional model ({model_path})")
+        if guidance == "cfg":
+            model_path = str(zoo.asset(zoo.CFG_MODEL))
+            click.echo(f"no --model given: using the zoo's null-class (CFG) model ({model_path})")
+        else:
+            model_path = str(zoo.asset(zoo.MODEL))
+            click.echo(f"no --model given: using the zoo's class-conditional model ({model_path})")
         if classifier_path is None and guidance_scale > 0:
             classifier_path = str(zoo.asset(zoo.CLASSIFIER))
             click.echo(f"no --classifier given: using the zoo's classifier ({classifier_path})")
@@ -97,6 +103,31 @@ def load_models(
             classifier_path, "classifier", flags=classifier_flags, preset=classifier_preset
         )
     return SamplingModels(model=model, classifier=classifier)
+
+
+def guidance_options(fn: Any) -> Any:
+    """--guidance (what --guidance-scale scales) and --classifier-scale (a gradient on top of CFG)."""
+    options = [
+        click.option(
+            "--guidance",
+            type=click.Choice(["classifier", "cfg"]),
+            default=None,
+            help="What --guidance-scale scales: the classifier gradient (ADM; the default, and "
+            "needs --classifier when given) or classifier-free guidance (cfg: needs a model "
+            "with a null class, e.g. the zoo's cfg_unet.pt).",
+        ),
+        click.option(
+            "--classifier-scale",
+            type=float,
+            default=0.0,
+            show_default=True,
+            help="With --guidance cfg and --classifier: also add the classifier gradient at "
+            "this scale (ADM convention) on top of classifier-free guidance.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 def sampling_options(fn: Any) -> Any:
@@ -126,7 +157,10 @@ def sampling_options(fn: Any) -> Any:
             type=float,
             default=0.0,
             show_default=True,
-            help="Classifier guidance scale s (0 = unguided).",
+            help="Guidance scale s, >= 0. --guidance classifier: the classifier gradient's scale "
+            "(0 = unguided). --guidance cfg: eps(x,∅) + s (eps(x,y) - eps(x,∅)), diffusers' "
+            "convention: s = 1 is the conditional model, s = 0 the unconditional one; the CFG "
+            "paper's w = s - 1.",
         ),
         click.option(
             "--classes",
@@ -157,6 +191,7 @@ def sampling_options(fn: Any) -> Any:
 @main.command()
 @model_options
 @sampling_options
+@guidance_options
 @click.option(
     "--num-samples", type=int, default=16, show_default=True, help="Number of samples to generate."
 )
@@ -192,6 +227,8 @@ def sample(
     classes: str,
     seed: int,
     precision: str,
+    guidance: str | None,
+    classifier_scale: float,
     num_samples: int,
     batch_size: int,
     out: str,
@@ -212,10 +249,13 @@ def sample(
           --guidance-scale 1.0 --num-samples 50000 --batch-size 64 --device cuda --out adm_g.npz
       # 25 DDIM steps
       evalsuite sample --model m.pt --preset 128x128_diffusion --sampler ddim --steps ddim25 --out s.npz
+      # Classifier-free guidance with the zoo's null-class model (s = 1: plain conditional)
+      evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \
+          --classes balanced --out cfg.npz
       # Several GPUs: indices are sharded, the file equals the single-process one
       torchrun --nproc_per_node 8 -m evalsuite sample --model m.pt --preset 64x64_diffusion --out s.npz
     """
-    from evalsuite.pipeline.sample import SamplingSettings, generate
+    from evalsuite.pipeline.sample import SamplingSettings, check_guidance_choice, generate
 
     settings = SamplingSettings(
         num_samples=num_samples,
@@ -226,6 +266,8 @@ def sample(
         classes=classes,
         seed=seed,
         precision=precision,
+        guidance=guidance or "classifier",
+        classifier_scale=classifier_scale,
     )
     settings.validate()
     check_device(device)
@@ -236,8 +278,10 @@ def sample(
         classifier_path,
         classifier_flags,
         classifier_preset,
-        guidance_scale,
+        settings.classifier_gradient_scale,
+        settings.guidance,
     )
+    check_guidance_choice(guidance, models.classifier is not None)
     record = generate(
         models, settings, out, batch_size=batch_size, device=device, progress=not quiet
     )

@@ -11,6 +11,8 @@ from evalsuite.cli import UserError, handle_errors, main
 from evalsuite.cli.commands_eval import check_device, weights_option
 
 DEFAULT_SCALES = "0,1,4"
+# Scales of the zoo's classifier-free-guidance row (s = 1: its conditional model).
+DEFAULT_CFG_SCALES = "1,3"
 
 
 class FloatListType(click.ParamType):
@@ -91,8 +93,14 @@ def _finish(run_dir: Path, absolute: bool = False) -> None:
     click.echo(f"report: {run_dir / 'report'} ({len(report.files)} files)")
 
 
-def _zoo_rows(classifier: str | None, classifier_flags: str | None, classifier_preset: str | None):
-    """The zoo's Table-4 pair: the unconditional and the conditional model, both guided."""
+def _zoo_rows(
+    classifier: str | None,
+    classifier_flags: str | None,
+    classifier_preset: str | None,
+    cfg_scales: tuple[float, ...] = (),
+):
+    """The zoo's Table-4 pair (unconditional and conditional, both classifier-guided), then the
+    null-class model under classifier-free guidance at `cfg_scales` (none: no CFG row)."""
     from evalsuite import zoo
     from evalsuite.experiments.sweep import ModelRow
 
@@ -112,6 +120,17 @@ def _zoo_rows(classifier: str | None, classifier_flags: str | None, classifier_p
             classifier_flags=classifier_flags,
             classifier_preset=classifier_preset,
         ),
+    ) + (
+        (
+            ModelRow(
+                name="cfg",
+                model=str(zoo.asset(zoo.CFG_MODEL)),
+                guidance="cfg",
+                scales=cfg_scales,
+            ),
+        )
+        if cfg_scales
+        else ()
     )
 
 
@@ -122,6 +141,7 @@ def _named_rows(
     classifier: str | None,
     classifier_flags: str | None,
     classifier_preset: str | None,
+    guidance: str | None = None,
 ):
     """One row per --model, named after the file (made unique with -2, -3, …)."""
     import re
@@ -145,6 +165,7 @@ def _named_rows(
                 classifier=classifier,
                 classifier_flags=classifier_flags,
                 classifier_preset=classifier_preset,
+                guidance=guidance,
             )
         )
     return tuple(rows)
@@ -190,7 +211,22 @@ def _named_rows(
     type=FloatListType(),
     default=DEFAULT_SCALES,
     show_default=True,
-    help="Classifier-guidance scales, comma separated.",
+    help="Guidance scales, comma separated: classifier-guidance scales, or with --guidance cfg "
+    "CFG scales s (1 = conditional, 0 = unconditional; the CFG paper's w = s - 1).",
+)
+@click.option(
+    "--guidance",
+    type=click.Choice(["classifier", "cfg"]),
+    default=None,
+    help="What --scales scale for every --model: the classifier gradient (default; needs "
+    "--classifier) or classifier-free guidance (models with a null class).",
+)
+@click.option(
+    "--cfg-scales",
+    type=FloatListType(),
+    default=DEFAULT_CFG_SCALES,
+    show_default=True,
+    help="Without --model: the CFG scales s of the zoo's null-class model (row 'cfg').",
 )
 @click.option(
     "--sampler",
@@ -283,6 +319,8 @@ def sweep(
     classifier_preset: str | None,
     reference: str | None,
     scales: tuple[float, ...],
+    guidance: str | None,
+    cfg_scales: tuple[float, ...],
     samplers: tuple[str, ...],
     steps: tuple[str, ...],
     num_samples: int,
@@ -306,15 +344,18 @@ def sweep(
 
     Every cell uses the same seed, so sample i has the same class and initial noise at every
     scale. Each cell is sampled, scored against the reference (FID, sFID, IS, precision,
-    recall; bootstrap intervals; class agreement with --judge) and recorded in
+    recall; bootstrap intervals; class agreement and judge score with --judge) and recorded in
     OUT/records.jsonl; tables and figures are written to OUT/report/. With no --model it runs
-    the zoo: its unconditional and conditional models, both guided by its classifier.
+    the zoo: its unconditional and conditional models, both guided by its classifier, and its
+    null-class model under classifier-free guidance at --cfg-scales.
 
     \b
     Examples:
       evalsuite sweep                                   # the zoo, scales 0,1,4
       evalsuite sweep --scales 0,0.5,1,2,4 --out runs/zoo-scales
       evalsuite sweep --steps 50,ddim25 --sampler ddpm,ddim --scales 0,2
+      evalsuite sweep --model cfg.pt --guidance cfg --scales 0,1,2,4,8 \
+          --reference ref.npz --out runs/cfg-scales
       evalsuite sweep --model 256x256_diffusion.pt --preset 256x256_diffusion \\
           --classifier 256x256_classifier.pt --classifier-preset 256x256_classifier \\
           --reference VIRTUAL_imagenet256_labeled.npz --scales 0,1,10 \\
@@ -335,14 +376,19 @@ def sweep(
                 "give a reference batch or ref-stats file"
             )
         rows = _named_rows(
-            models, model_flags, preset, classifier, classifier_flags, classifier_preset
+            models, model_flags, preset, classifier, classifier_flags, classifier_preset, guidance
         )
     else:
         if model_flags or preset:
             raise EvalsuiteError("--model-flags/--preset given without --model")
         from evalsuite.zoo.shapes import CLASS_NAMES
 
-        rows = _zoo_rows(classifier, classifier_flags, classifier_preset)
+        if guidance is not None:
+            raise EvalsuiteError(
+                "--guidance applies to --model rows; the zoo's rows have their own (its CFG "
+                "row's scales are --cfg-scales)"
+            )
+        rows = _zoo_rows(classifier, classifier_flags, classifier_preset, cfg_scales)
         if reference is None:
             reference = str(zoo.reference())
         if judge is None and not no_judge:
@@ -351,7 +397,9 @@ def sweep(
         click.echo(
             f"no --model: sweeping the zoo ({zoo.ZOO_DIR}): unconditional = "
             f"{Path(rows[0].model).name}, conditional = {Path(rows[1].model).name}, both guided "
-            f"by {Path(rows[0].classifier).name}; judge {Path(judge).name if judge else 'none'}; "
+            f"by {Path(rows[0].classifier).name}, and {Path(rows[2].model).name} under "
+            f"classifier-free guidance (CFG scales {','.join(f'{s:g}' for s in cfg_scales)}); "
+            f"judge {Path(judge).name if judge else 'none'}; "
             f"reference {reference}"
         )
     config = SweepConfig(

@@ -212,6 +212,21 @@ def _report(path: Path) -> None:
 
 @train.command("unet")
 @training_options
+@click.option(
+    "--label-dropout",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=None,
+    help="Probability that a label is replaced by the null class (classifier-free guidance; "
+    "needs --null_class True in --flags). Default: 0.1 with a null class, else 0.",
+)
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Warm-start from this evalsuite UNet checkpoint (same architecture; one without a null "
+    "class may start a --null_class True model: the null row starts as the mean class row).",
+)
 @handle_errors
 def train_unet_command(
     flags: str,
@@ -228,6 +243,8 @@ def train_unet_command(
     state_every: int,
     resume: bool,
     quiet: bool,
+    label_dropout: float | None,
+    init: str | None,
 ) -> None:
     """Train an ADM UNet with the IDDPM hybrid loss (eps MSE + vb, learned-range variance).
 
@@ -240,6 +257,9 @@ def train_unet_command(
                  --attention_resolutions 8,4 --num_head_channels 32 --resblock_updown True
                  --learn_sigma True --class_cond True --num_classes 10 --noise_schedule cosine"
       # same, interrupted and rerun: continues from the last state in runs/cond
+      # classifier-free guidance: a null class learned with label dropout 0.1, warm-started
+      evalsuite train unet --out runs/cfg --steps 3000 --init runs/cond/unet.pt \
+        --label-dropout 0.1 --flags "<the flags above> --null_class True"
     """
     from evalsuite.models import build_configs
     from evalsuite.zoo.train import train_unet
@@ -261,6 +281,8 @@ def train_unet_command(
         state_every=state_every,
         resume=resume,
         progress=not quiet,
+        label_dropout=label_dropout,
+        init=init,
     )
     _report(path)
 

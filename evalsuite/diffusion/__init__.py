@@ -3,6 +3,7 @@
 Pure torch/numpy over model callables; nothing here knows a network architecture.
 """
 
+from evalsuite.diffusion.cfg import classifier_free
 from evalsuite.diffusion.guidance import ClassifierGuidance, guided
 from evalsuite.diffusion.losses import (
     approx_standard_normal_cdf,
@@ -36,6 +37,7 @@ __all__ = [
     "PerSampleNoise",
     "approx_standard_normal_cdf",
     "beta_schedule",
+    "classifier_free",
     "discretized_gaussian_log_likelihood",
     "guided",
     "make_denoiser",

@@ -13,6 +13,8 @@ validated before any work; every error names the spec file and the offending key
     sampler = "ddim"                        # "ddpm" or "ddim"
     steps = "ddim25"                        # respacing, e.g. "250", "ddim25"
     guidance_scale = 0.0                    # > 0 needs a classifier in every variant
+    guidance = "classifier"                 # optional: "classifier" (default) or "cfg"
+                                            # (CFG scale s: 1 = conditional; null-class models)
     seed = 0
     classes = "uniform"                     # "uniform", "balanced" or "0,3,7"
     eta = 0.0
@@ -52,7 +54,7 @@ from evalsuite import zoo
 from evalsuite.experiments.sweep import ModelRow, SweepConfig, run_sweep
 from evalsuite.models.config import build_configs
 from evalsuite.pipeline.evaluate import REF_STATS_CHOICES, MetricOptions, parse_metrics
-from evalsuite.pipeline.sample import SAMPLERS
+from evalsuite.pipeline.sample import GUIDANCE_KINDS, SAMPLERS
 from evalsuite.runtime.errors import EvalsuiteError
 
 if sys.version_info >= (3, 11):
@@ -67,7 +69,16 @@ LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 ZOO_KEYWORD = "zoo"
 
 TOP_KEYS = ("title", "baseline", "sampling", "evaluation", "variant")
-SAMPLING_KEYS = ("num_samples", "sampler", "steps", "guidance_scale", "seed", "classes", "eta")
+SAMPLING_KEYS = (
+    "num_samples",
+    "sampler",
+    "steps",
+    "guidance_scale",
+    "guidance",
+    "seed",
+    "classes",
+    "eta",
+)
 EVALUATION_KEYS = (
     "reference",
     "metrics",
@@ -133,6 +144,7 @@ class AblationSpec:
                 classifier_preset=variant.classifier_preset,
                 variant=variant.name,
                 training_point=point,
+                guidance=self.sampling.get("guidance"),
             )
             for variant in self.variants
             for point, checkpoint in variant.checkpoints.items()
@@ -359,7 +371,14 @@ def load_spec(path: str | Path) -> AblationSpec:
         "seed": reader.integer(sampling, "seed", "sampling.", 0, 0),
         "classes": reader.string(sampling, "classes", "sampling.", "uniform"),
         "eta": reader.number(sampling, "eta", "sampling.", 0.0),
+        "guidance": reader.string(sampling, "guidance", "sampling.", None),
     }
+    if resolved_sampling["guidance"] not in (None, *GUIDANCE_KINDS):
+        raise reader.fail(
+            "sampling.guidance",
+            f"expected one of {', '.join(GUIDANCE_KINDS)}, got {resolved_sampling['guidance']!r}",
+        )
+    classifier_guided = resolved_sampling["guidance"] in (None, "classifier")
 
     evaluation = reader.table(data.get("evaluation", {}), "evaluation", EVALUATION_KEYS)
     uses_zoo = is_zoo_spec
@@ -422,7 +441,16 @@ def load_spec(path: str | Path) -> AblationSpec:
             raise reader.fail(
                 f"variant[{position}].name", f"duplicate variant name {variant.name!r}"
             )
-        if resolved_sampling["guidance_scale"] > 0 and variant.classifier is None:
+        if resolved_sampling["guidance"] == "classifier" and variant.classifier is None:
+            raise reader.fail(
+                f"variant.{variant.name}",
+                "sampling.guidance is 'classifier' but the variant has no classifier = FILE",
+            )
+        if (
+            classifier_guided
+            and resolved_sampling["guidance_scale"] > 0
+            and variant.classifier is None
+        ):
             raise reader.fail(
                 f"variant.{variant.name}",
                 f"sampling.guidance_scale is {resolved_sampling['guidance_scale']:g} but the "

@@ -41,6 +41,7 @@ from evalsuite.pipeline.evaluate import METRIC_KEYS, MetricOptions, ReferenceSid
 from evalsuite.pipeline.featureset import FeatureSet
 from evalsuite.runtime.cache import atomic_path, cache_dir, cache_key
 from evalsuite.runtime.errors import EvalsuiteError
+from evalsuite.zoo.judge import judge_score
 
 # Metrics a bootstrap gives intervals for (the `*_std` companions of IS/KID are not resampled).
 BOOTSTRAP_KEYS = (
@@ -51,6 +52,7 @@ BOOTSTRAP_KEYS = (
     "recall",
     "kid",
     "class_agreement",
+    "judge_score",
 )
 # Central coverage of the percentile intervals.
 CONFIDENCE_LEVEL = 0.95
@@ -242,7 +244,8 @@ class SampleScorer:
     """Every requested metric of one sample set, for the whole set or any resample of it.
 
     features: the samples' Inception features; agreement: (n,) bool, whether the judge assigned
-    each sample to its requested class (None without a judge or without labels).
+    each sample to its requested class (None without a judge or without labels); judge_logits:
+    (n, K) the judge's logits, for the judge score (None without a judge).
     """
 
     def __init__(
@@ -251,6 +254,7 @@ class SampleScorer:
         reference: PreparedReference,
         agreement: np.ndarray | None = None,
         device: str | torch.device = "cpu",
+        judge_logits: np.ndarray | None = None,
     ) -> None:
         side, metrics, options = reference.side, reference.metrics, reference.options
         self.features = features
@@ -259,6 +263,7 @@ class SampleScorer:
         self.options = options
         self.device = device
         self.agreement = agreement
+        self.judge_logits = judge_logits
         self.num_samples = len(features)
         if self.num_samples < 2:
             raise EvalsuiteError(
@@ -295,12 +300,14 @@ class SampleScorer:
         """Metric values of the resample `index` ((n,) int; None = the sample set itself).
 
         Keys: fid, sfid, inception_score, inception_score_std, precision, recall, kid, kid_std,
-        class_agreement; None where a metric was not asked for or is unavailable (IS without
-        the Inception head, class agreement without a judge).
+        class_agreement, judge_score; None where a metric was not asked for or is unavailable
+        (IS without the Inception head, class agreement and judge score without a judge).
         """
         whole = index is None
         index = np.arange(self.num_samples) if index is None else np.asarray(index)
-        result: dict[str, float | None] = dict.fromkeys((*METRIC_KEYS, "class_agreement"))
+        result: dict[str, float | None] = dict.fromkeys(
+            (*METRIC_KEYS, "class_agreement", "judge_score")
+        )
         for metric in ("fid", "sfid"):
             if metric in self.metrics:
                 result[metric] = self._frechet(metric, index)
@@ -330,6 +337,8 @@ class SampleScorer:
             )
         if self.agreement is not None:
             result["class_agreement"] = float(self.agreement[index].mean())
+        if self.judge_logits is not None:
+            result["judge_score"] = judge_score(self.judge_logits[index])
         return result
 
 

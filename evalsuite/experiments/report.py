@@ -56,7 +56,14 @@ METRIC_COLUMNS = (
     ValueColumn("recall", "Recall", "higher", 3),
     ValueColumn("kid", "KID", "lower", 4),
     ValueColumn("class_agreement", "Class agreement", "higher", 3),
+    # exp E KL(p(y|x) || p(y)) with the zoo's judge: the IS formula, not the Inception Score.
+    ValueColumn("judge_score", "Judge score", "higher", 2),
 )
+# How each guidance kind's scale reads, for captions and axes.
+SCALE_AXIS = {
+    "classifier": "classifier scale (0 = unguided)",
+    "cfg": "CFG scale s (1 = conditional, 0 = unconditional; w = s − 1)",
+}
 
 # Architecture columns of the Table-1 layout: header, how to read it off a UNet config dict.
 ARCHITECTURE_COLUMNS: tuple[tuple[str, Any], ...] = (
@@ -166,6 +173,21 @@ def _scale_text(scale: float) -> str:
     return "none" if scale == 0 else f"{scale:g}"
 
 
+def _guidance_kinds(frame: pd.DataFrame) -> list[str]:
+    """The guidance kinds of a run's records (records before CFG existed: classifier)."""
+    if "guidance" not in frame:
+        return ["classifier"]
+    return list(dict.fromkeys(frame["guidance"].fillna("classifier")))
+
+
+def scale_axis_label(frame: pd.DataFrame) -> str:
+    """The guidance-scale axis label, naming each kind's convention."""
+    kinds = _guidance_kinds(frame)
+    if kinds == ["classifier"]:
+        return "guidance scale"
+    return "; ".join(SCALE_AXIS[kind] for kind in kinds)
+
+
 def table4(run: RunResults) -> PaperTable:
     """The Table-4 layout: one row per model (x sampler/steps) x guidance scale."""
     import pandas as pd
@@ -176,7 +198,25 @@ def table4(run: RunResults) -> PaperTable:
     if several:
         labels["Sampler"] = frame["sampler"].tolist()
         labels["Steps"] = frame["steps"].tolist()
-    labels["Guidance scale"] = frame["guidance_scale"].astype(float).tolist()
+    kinds = _guidance_kinds(frame)
+    label_formats: dict[str, Any] = {"Guidance scale": _scale_text}
+    caption = "Sample quality by model and classifier-guidance scale"
+    if "cfg" in kinds:
+        # Classifier-guided and CFG rows side by side: each scale in its own convention.
+        guidance = frame["guidance"].fillna("classifier").tolist()
+        labels["Guidance"] = ["CFG" if g == "cfg" else "classifier" for g in guidance]
+        labels["Guidance scale"] = [
+            f"{s:g}" if g == "cfg" else _scale_text(s)
+            for g, s in zip(guidance, frame["guidance_scale"].astype(float), strict=True)
+        ]
+        label_formats = {}
+        caption = (
+            "Sample quality by model, guidance kind and scale (classifier: the gradient's "
+            "scale, none = unguided; CFG: s in eps(x,∅) + s (eps(x,y) − eps(x,∅)), "
+            "1 = conditional, 0 = unconditional, the CFG paper's w = s − 1)"
+        )
+    else:
+        labels["Guidance scale"] = frame["guidance_scale"].astype(float).tolist()
     columns = [
         column
         for column in METRIC_COLUMNS
@@ -188,13 +228,13 @@ def table4(run: RunResults) -> PaperTable:
     samples = int(frame["num_samples"].iloc[0])
     return PaperTable(
         name="table4",
-        caption=f"Sample quality by model and classifier-guidance scale ({samples} samples per row).",
+        caption=f"{caption} ({samples} samples per row).",
         labels=pd.DataFrame(labels),
         columns=columns,
         values=values,
         ci_low=low,
         ci_high=high,
-        label_formats={"Guidance scale": _scale_text},
+        label_formats=label_formats,
     )
 
 
@@ -517,10 +557,14 @@ def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
     )
     available = [c for c in METRIC_COLUMNS if c.key in frame and frame[c.key].notna().all()]
     keys = {c.key for c in available}
-    label = {c.key: c.label for c in METRIC_COLUMNS} | {"guidance_scale": "guidance scale"}
+    scale_label = scale_axis_label(frame)
+    label = {c.key: c.label for c in METRIC_COLUMNS} | {"guidance_scale": scale_label}
     pairs = []
     if {"precision", "recall"} <= keys:
         pairs.append(("recall", "precision"))
+    if {"judge_score", "recall"} <= keys:
+        # The paper's IS-recall trade-off, with the judge in place of Inception.
+        pairs.append(("recall", "judge_score"))
     if {"inception_score", "fid"} <= keys:
         pairs.append(("fid", "inception_score"))
     elif "fid" in keys:
@@ -533,7 +577,12 @@ def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
             _series_plot(ax, frame, x, y, palette, label_points=x != "guidance_scale")
             ax.set_xlabel(label[x])
             ax.set_ylabel(label[y])
-        figure.suptitle("Classifier guidance: trade-offs")
+        kinds = _guidance_kinds(frame)
+        figure.suptitle(
+            "Classifier guidance: trade-offs"
+            if kinds == ["classifier"]
+            else "Classifier guidance and classifier-free guidance (CFG): trade-offs"
+        )
         figure.tight_layout()
         written += _save(figure, out_dir, "tradeoff")
         plt.close(figure)
@@ -545,7 +594,7 @@ def plot_sweep(run: RunResults, out_dir: Path) -> list[Path]:
             ax.set_visible(False)
         for ax, column in zip(axes.flat, available, strict=False):
             _series_plot(ax, frame, "guidance_scale", column.key, palette, label_points=False)
-            ax.set_xlabel("guidance scale")
+            ax.set_xlabel(scale_label, fontsize=8 if "cfg" in _guidance_kinds(frame) else None)
             ax.set_ylabel(
                 f"{column.label} ({'lower' if column.better == 'lower' else 'higher'} is better)"
             )

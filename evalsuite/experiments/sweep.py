@@ -60,15 +60,18 @@ from evalsuite.pipeline.evaluate import (
 )
 from evalsuite.pipeline.reference import Reference, load_reference
 from evalsuite.pipeline.sample import (
+    GUIDANCE_KINDS,
     SAMPLERS,
+    SCALE_CONVENTIONS,
     SamplingModels,
     SamplingSettings,
+    check_guidance_choice,
     generate,
     sidecar_path,
 )
 from evalsuite.runtime.cache import atomic_path
 from evalsuite.runtime.errors import EvalsuiteError
-from evalsuite.zoo.judge import check_judge, class_agreement, judge_predictions, load_judge
+from evalsuite.zoo.judge import check_judge, class_agreement, judge_logits, load_judge
 
 RUN_FORMAT = "evalsuite-run"
 RUN_VERSION = 1
@@ -127,7 +130,9 @@ class ModelRow:
     """One model of the grid: a diffusion checkpoint and the classifier that guides it (if any).
 
     name labels the row in tables and file names; variant/training_point are set for ablation
-    rows (the variant's name and the label of the training point, e.g. "700K").
+    rows (the variant's name and the label of the training point, e.g. "700K"). guidance is what
+    the scales scale ("classifier" or "cfg"; None = classifier, the default); scales, when set,
+    replace the grid's scales for this row (a CFG row's s = 1 is the conditional model).
     """
 
     name: str
@@ -139,6 +144,13 @@ class ModelRow:
     classifier_preset: str | None = None
     variant: str | None = None
     training_point: str | None = None
+    guidance: str | None = None
+    scales: tuple[float, ...] | None = None
+
+    @property
+    def guidance_kind(self) -> str:
+        """What this row's scales scale: "classifier" (the default) or "cfg"."""
+        return self.guidance or "classifier"
 
 
 @dataclass(frozen=True)
@@ -186,6 +198,20 @@ class SweepConfig:
                 raise EvalsuiteError(f"guidance scale {scale} is not a finite number >= 0")
         if len(set(self.scales)) != len(self.scales):
             raise EvalsuiteError("a guidance scale is listed twice")
+        for row in self.rows:
+            if row.guidance is not None and row.guidance not in GUIDANCE_KINDS:
+                raise EvalsuiteError(
+                    f"model {row.name}: guidance must be one of {', '.join(GUIDANCE_KINDS)}, "
+                    f"got {row.guidance!r}"
+                )
+            if row.scales is not None:
+                if not row.scales or len(set(row.scales)) != len(row.scales):
+                    raise EvalsuiteError(f"model {row.name}: give each of its scales once")
+                for scale in row.scales:
+                    if not math.isfinite(scale) or scale < 0:
+                        raise EvalsuiteError(
+                            f"model {row.name}: guidance scale {scale} is not a finite number >= 0"
+                        )
         for sampler in self.samplers:
             if sampler not in SAMPLERS:
                 raise EvalsuiteError(f"--sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -214,6 +240,7 @@ class SweepConfig:
             classes=self.classes,
             seed=self.seed,
             precision=self.precision,
+            guidance=cell.row.guidance_kind,
         )
 
 
@@ -243,8 +270,9 @@ def grid_cells(config: SweepConfig) -> list[Cell]:
     """The cells of the grid in run order: rows, then samplers, step counts, scales."""
     return [
         Cell(row, sampler, steps, scale)
-        for row, sampler, steps, scale in itertools.product(
-            config.rows, config.samplers, config.steps, config.scales
+        for row in config.rows
+        for sampler, steps, scale in itertools.product(
+            config.samplers, config.steps, row.scales or config.scales
         )
     ]
 
@@ -276,9 +304,15 @@ def check_grid(config: SweepConfig, models: dict[str, SamplingModels]) -> None:
             f"the models generate different resolutions ({listed}); one sweep scores every "
             "model against one reference, so sweep each resolution separately"
         )
+    for row in config.rows:
+        try:
+            check_guidance_choice(row.guidance, models[row.name].classifier is not None)
+        except EvalsuiteError as error:
+            raise EvalsuiteError(f"model {row.name}: {error}") from None
     for cell in grid_cells(config):
         row_models = models[cell.row.name]
-        if cell.guidance_scale > 0 and row_models.classifier is None:
+        guided_by_classifier = cell.row.guidance_kind == "classifier"
+        if guided_by_classifier and cell.guidance_scale > 0 and row_models.classifier is None:
             raise EvalsuiteError(
                 f"model {cell.row.name} has no classifier, but the scales include "
                 f"{cell.guidance_scale:g}; give --classifier PATH or use --scales 0"
@@ -297,6 +331,22 @@ def _sha256_entry(loaded: LoadedModel | None) -> dict[str, Any] | None:
         "config": config_to_dict(loaded.model_config),
         "diffusion": config_to_dict(loaded.diffusion_config),
     }
+
+
+def _row_identity(row: ModelRow, models: SamplingModels) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": row.name,
+        "variant": row.variant,
+        "training_point": row.training_point,
+        "model": _sha256_entry(models.model),
+        "classifier": _sha256_entry(models.classifier),
+    }
+    # Only rows that use them record guidance and own scales (older runs keep their identity).
+    if row.guidance is not None:
+        entry["guidance"] = row.guidance
+    if row.scales is not None:
+        entry["scales"] = list(row.scales)
+    return entry
 
 
 def run_identity(
@@ -332,16 +382,7 @@ def run_identity(
             "bootstrap_seed": config.bootstrap_seed,
             "options": dataclasses.asdict(config.metric_options),
         },
-        "models": [
-            {
-                "name": row.name,
-                "variant": row.variant,
-                "training_point": row.training_point,
-                "model": _sha256_entry(models[row.name].model),
-                "classifier": _sha256_entry(models[row.name].classifier),
-            }
-            for row in config.rows
-        ],
+        "models": [_row_identity(row, models[row.name]) for row in config.rows],
         "judge_sha256": None if judge is None else judge.sha256,
         "reference_sha256": reference.fingerprint(),
         "inception_sha256": weights_sha256,
@@ -485,8 +526,9 @@ def _prepare(runtime: _Runtime) -> tuple[PreparedReference, float, float]:
 
 def _judge_and_thumbs(
     runtime: _Runtime, source: Any, labels: np.ndarray | None
-) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-    """One pass over the samples: judge predictions and the thumbnails of the sample grid."""
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, np.ndarray]]:
+    """One pass over the samples: class agreement and the judge's logits (N, K), and the
+    thumbnails of the sample grid."""
     if labels is not None:
         keep = np.concatenate(
             [np.flatnonzero(labels == c)[:THUMBS_PER_CLASS] for c in np.unique(labels)]
@@ -494,21 +536,21 @@ def _judge_and_thumbs(
     else:
         keep = np.arange(min(source.num_images, THUMBS_PER_CLASS * THUMB_ROWS_UNLABELLED))
     keep = np.sort(keep)
-    predictions, thumbs, start = [], [], 0
+    logits, thumbs, start = [], [], 0
     for batch in source.iter_batches(256):
         if runtime.judge is not None:
-            predictions.append(judge_predictions(runtime.judge, batch, device=runtime.device))
+            logits.append(judge_logits(runtime.judge, batch, device=runtime.device))
         inside = keep[(keep >= start) & (keep < start + len(batch))]
         thumbs.append(np.array(batch[inside - start]))
         start += len(batch)
     thumbnails = {"images": np.concatenate(thumbs), "indices": keep}
     if labels is not None:
         thumbnails["labels"] = labels[keep]
-    predicted = np.concatenate(predictions) if predictions else None
+    judged = np.concatenate(logits) if logits else None
     agreement = None
-    if predicted is not None and labels is not None:
-        agreement = class_agreement(predicted, labels)
-    return agreement, thumbnails
+    if judged is not None and labels is not None:
+        agreement = class_agreement(judged.argmax(axis=1), labels)
+    return agreement, judged, thumbnails
 
 
 def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
@@ -538,8 +580,8 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
 
     started = time.perf_counter()
     labels = source.labels()
-    agreement, thumbnails = _judge_and_thumbs(runtime, source, labels)
-    scorer = SampleScorer(features, prepared, agreement, runtime.device)
+    agreement, judged, thumbnails = _judge_and_thumbs(runtime, source, labels)
+    scorer = SampleScorer(features, prepared, agreement, runtime.device, judge_logits=judged)
     scores = scorer.scores()
     bootstrap_started = time.perf_counter()
     intervals = bootstrap_intervals(scorer, config.bootstrap, config.bootstrap_seed)
@@ -557,7 +599,9 @@ def _run_cell(runtime: _Runtime, cell: Cell) -> dict[str, Any]:
         "training_point": cell.row.training_point,
         "sampler": cell.sampler,
         "steps": cell.steps,
+        "guidance": cell.row.guidance_kind,
         "guidance_scale": cell.guidance_scale,
+        "scale_convention": SCALE_CONVENTIONS[cell.row.guidance_kind],
         "num_samples": config.num_samples,
         "seed": config.seed,
         "classes": config.classes,
@@ -595,6 +639,7 @@ def _summary(record: dict[str, Any]) -> str:
         ("R", "recall", 3),
         ("KID", "kid", 4),
         ("agreement", "class_agreement", 3),
+        ("judge score", "judge_score", 2),
     ]
     parts = [
         f"{label} {record[key]:.{digits}f}"

@@ -433,6 +433,14 @@ def _likely_flags(
         a, b = want.get(signature), have.get(signature)
         if a is None or b is None or a == b:
             continue
+        if signature == "classes" and kind == "unet" and abs(a - b) == 1:
+            # One label row more or less: the null class of classifier-free guidance.
+            null = isinstance(config, UNetConfig) and config.null_class
+            culprits.append(
+                f"null_class (given {null}, the file's label embedding has {b} rows for "
+                f"{config.num_classes} classes{'' if null else ': add --null_class True'})"
+            )
+            continue
         render = show if show is not None else partial(_as_resolutions, config.image_size)
         culprits.append(f"{flag} (given {render(a)}, file has {render(b)})")
         if signature in ("num_res_blocks", "input_blocks"):

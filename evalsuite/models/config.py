@@ -131,8 +131,11 @@ class UNetConfig:
     low-res image, 2 * in_channels planes. `rescale_residual` (not in guided-diffusion) multiplies
     every ResBlock's skip + h by 1/sqrt(2), the paper's Table 1 ablation. `norm_groups` (not in
     guided-diffusion, which always uses 32) is the GroupNorm group count; narrow models may want
-    fewer, so that each group spans several channels as in ADM's 128+-wide models. `use_checkpoint`
-    (gradient checkpointing) is accepted for flag compatibility and ignored.
+    fewer, so that each group spans several channels as in ADM's 128+-wide models. `null_class`
+    (not in guided-diffusion; needs `class_cond`) adds the null class of classifier-free guidance:
+    the label embedding holds `num_classes + 1` rows and label `num_classes` (the last row) is the
+    empty label ∅. `use_checkpoint` (gradient checkpointing) is accepted for flag compatibility and
+    ignored.
     """
 
     image_size: int
@@ -156,6 +159,7 @@ class UNetConfig:
     use_checkpoint: bool = False
     small_size: int | None = None
     norm_groups: int = 32
+    null_class: bool = False
 
     def __post_init__(self) -> None:
         owner = "UNetConfig"
@@ -181,8 +185,14 @@ class UNetConfig:
             "use_fp16",
             "rescale_residual",
             "use_checkpoint",
+            "null_class",
         ):
             _check_type(owner, name, getattr(self, name), bool)
+        if self.null_class and not self.class_cond:
+            raise EvalsuiteError(
+                f"{owner}.null_class needs a class-conditional model (class_cond=True): the null "
+                f"class is the extra label of classifier-free guidance"
+            )
         _check_type(owner, "dropout", self.dropout, (int, float))
         if not 0.0 <= self.dropout < 1.0:
             raise EvalsuiteError(f"{owner}.dropout must be in [0, 1), got {self.dropout}")
@@ -218,6 +228,16 @@ class UNetConfig:
     def out_channels(self) -> int:
         """in_channels, doubled with learn_sigma ([mean part, variance part], ADM protocol §4)."""
         return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def label_rows(self) -> int:
+        """Rows of the label embedding: num_classes, plus the null class ∅ with `null_class`."""
+        return self.num_classes + (1 if self.null_class else 0)
+
+    @property
+    def null_label(self) -> int | None:
+        """The label of the null class ∅ (classifier-free guidance), None without one."""
+        return self.num_classes if self.null_class else None
 
     @property
     def is_upsampler(self) -> bool:
@@ -403,6 +423,7 @@ FLAGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "num_classes": (int, 1000),
     "rescale_residual": (_parse_bool, False),
     "norm_groups": (int, 32),
+    "null_class": (_parse_bool, False),
     # super-resolution (script_util.sr_model_and_diffusion_defaults)
     "large_size": (int, None),
     "small_size": (int, None),

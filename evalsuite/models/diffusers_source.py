@@ -99,8 +99,8 @@ class DiffusersModelConfig:
     """What the sampler needs to know about a diffusers network.
 
     `image_size` is the side of the decoded RGB image; `sample_size` and `in_channels` are the
-    network's input (latent, with a VAE). `num_classes` excludes the null class; `null_class` is
-    the label index of ∅ (None: no classifier-free guidance).
+    network's input (latent, with a VAE). `num_classes` excludes the null class; `null_class`
+    says whether there is one (classifier-free guidance) and `null_label` is its label index.
     """
 
     model_class: str
@@ -110,7 +110,8 @@ class DiffusersModelConfig:
     out_channels: int
     class_cond: bool
     num_classes: int | None
-    null_class: int | None
+    null_class: bool
+    null_label: int | None
     latent: bool = False
     vae_scaling_factor: float | None = None
 
@@ -409,7 +410,7 @@ def load_diffusers(spec: str, map_location: Any = "cpu") -> DiffusersModel:
         embeds = config.get("num_class_embeds")
         class_cond = embeds is not None
         num_classes = None if embeds is None else int(embeds) - 1
-        null_class = None if embeds is None else int(embeds) - 1
+        null_label = None if embeds is None else int(embeds) - 1
         if class_cond and num_classes < 1:
             raise EvalsuiteError(
                 f"{model_dir}: num_class_embeds {embeds} leaves no class besides the null class"
@@ -418,7 +419,7 @@ def load_diffusers(spec: str, map_location: Any = "cpu") -> DiffusersModel:
         class_cond = True
         num_classes = int(config.get("num_embeds_ada_norm") or 0)
         # DiT's label table has a row for the null class (index num_classes).
-        null_class = num_classes
+        null_label = num_classes
     if out_channels not in (in_channels, 2 * in_channels):
         raise EvalsuiteError(
             f"{model_dir}: {out_channels} output channels for {in_channels} input channels; "
@@ -453,7 +454,8 @@ def load_diffusers(spec: str, map_location: Any = "cpu") -> DiffusersModel:
         out_channels=out_channels,
         class_cond=class_cond,
         num_classes=num_classes,
-        null_class=null_class,
+        null_class=null_label is not None,
+        null_label=null_label,
         latent=vae is not None,
         vae_scaling_factor=scaling,
     )

@@ -147,7 +147,7 @@ class ADMUNet(nn.Module):
         )
         self.time_embed = time_embed(mc)
         if config.class_cond:
-            self.label_emb = nn.Embedding(config.num_classes, spec.emb_channels)
+            self.label_emb = nn.Embedding(config.label_rows, spec.emb_channels)
         self.input_blocks, self.middle_block, block_channels = build_encoder(spec)
 
         # Output levels mirror the input: num_res_blocks + 1 ResBlocks on cat([h, skip]), and an
@@ -194,7 +194,8 @@ class ADMUNet(nn.Module):
         Args:
             x: float (B, in_channels, H, W), model space [-1, 1] plus noise.
             timesteps: (B,) original integer timesteps (ADM protocol §4), or a scalar.
-            y: int64 (B,) class labels, required iff `class_cond`.
+            y: int64 (B,) class labels in 0..num_classes-1, required iff `class_cond`; with
+                `null_class` the label num_classes is the null class ∅ (classifier-free guidance).
 
         Returns:
             (B, out_channels, H, W) in x's dtype.

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evalsuite.diffusion import PerSampleNoise, make_denoiser, sample_ddim, sample_ddpm
+from evalsuite.diffusion import (
+    PerSampleNoise,
+    classifier_free,
+    make_denoiser,
+    sample_ddim,
+    sample_ddpm,
+)
 from evalsuite.diffusion.respace import space_timesteps
 from evalsuite.diffusion.schedule import DiffusionSchedule, respace_betas
 from evalsuite.diffusion.scheduler_loop import check_scheduler_options, sample_with_scheduler
@@ -64,12 +70,17 @@ def check_settings(models: SamplingModels, settings: SamplingSettings) -> None:
             f"{name}: classifier guidance (--classifier) is not available for diffusers models; "
             "use --guidance cfg"
         )
-    if cfg_scale(settings) is not None and config.null_class is None:
+    if settings.classifier_scale > 0:
+        raise EvalsuiteError(
+            f"--classifier-scale {settings.classifier_scale}: classifier guidance is not "
+            f"available for diffusers models ({name}); use --guidance cfg alone"
+        )
+    if settings.guidance == "cfg" and not config.null_class:
         raise EvalsuiteError(
             f"--guidance cfg needs a model with a null class; {name} is a {config.model_class} "
             "without class labels (unconditional): sample it without guidance"
         )
-    if cfg_scale(settings) is None and settings.guidance_scale > 0:
+    if settings.guidance != "cfg" and settings.guidance_scale > 0:
         raise EvalsuiteError(
             f"--guidance-scale {settings.guidance_scale} with a diffusers model needs "
             "--guidance cfg (classifier-free guidance; classifier guidance is not available)"
@@ -86,43 +97,6 @@ def check_settings(models: SamplingModels, settings: SamplingSettings) -> None:
                 "(--sampler scheduler)"
             )
         space_timesteps(len(model.betas), settings.steps)
-
-
-def cfg_scale(settings: SamplingSettings) -> float | None:
-    """The classifier-free guidance scale s, or None without `--guidance cfg`."""
-    if getattr(settings, "guidance", "classifier") != "cfg":
-        return None
-    return float(settings.guidance_scale)
-
-
-def classifier_free(
-    network: Callable[..., Tensor], labels: Tensor, null_class: int, scale: float
-) -> ModelFn:
-    """Classifier-free guidance around a conditional network, diffusers' `guidance_scale`.
-
-    ε̃ = ε(x, ∅) + s (ε(x, y) − ε(x, ∅)) on the prediction channels, both halves in one batched
-    pass ([x; x] with labels [y; ∅]); learned-variance channels come from the conditional half
-    (as DiT and ADM do). s = 1 is the conditional model and s = 0 the unconditional one: those
-    run one half only.
-
-    Args:
-        network: ``network(x, timesteps, y=labels) -> (B, C or 2C, H, W)``.
-        labels: int64 (B,) classes y; null_class: the label index of ∅; scale: s >= 0.
-    """
-    nulls = torch.full_like(labels, null_class)
-    if scale == 1:
-        return lambda x, t: network(x, t, y=labels)
-    if scale == 0:
-        return lambda x, t: network(x, t, y=nulls)
-
-    def guided(x: Tensor, t: Tensor) -> Tensor:
-        channels = x.shape[1]
-        output = network(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([labels, nulls]))
-        cond, uncond = output.chunk(2)
-        eps = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
-        return torch.cat([eps, cond[:, channels:]], dim=1)
-
-    return guided
 
 
 class DiffusersBatchSampler(BatchSampler):
@@ -142,14 +116,19 @@ class DiffusersBatchSampler(BatchSampler):
         return respace_betas(model.betas, self.settings.steps)
 
     def _model_fn(self, labels: Tensor | None) -> ModelFn:
-        model = self.models.model
+        config = self.models.model.model_config
         network = self._network(self.model)
-        scale = cfg_scale(self.settings)
         if labels is None:
             return lambda x, t: network(x, t)
-        if scale is None:
-            return lambda x, t: network(x, t, y=labels)
-        return classifier_free(network, labels, model.model_config.null_class, scale)
+        if self.settings.guidance == "cfg":
+            # Diffusers' guidance_scale convention; the variance channels from the cond. half.
+            network = classifier_free(
+                network,
+                scale=self.settings.guidance_scale,
+                null_label=config.null_label,
+                guided_channels=config.in_channels,
+            )
+        return lambda x, t: network(x, t, y=labels)
 
     def _decode(self, x: Tensor) -> Tensor:
         model = self.models.model

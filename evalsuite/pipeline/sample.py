@@ -28,6 +28,7 @@ from evalsuite.diffusion import (
     ClassifierGuidance,
     DiffusionSchedule,
     PerSampleNoise,
+    classifier_free,
     make_denoiser,
     make_schedule,
     sample_ddim,
@@ -46,6 +47,13 @@ from evalsuite.runtime.threads import CoreWorkers, single_thread
 # "scheduler": a diffusers folder's own scheduler (`diffusers:` models only).
 SAMPLERS = ("ddpm", "ddim", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What --guidance-scale scales: the classifier gradient (ADM) or classifier-free guidance.
+GUIDANCE_KINDS = ("classifier", "cfg")
+# How each kind's scale reads (shown in sidecars, tables and figure axes).
+SCALE_CONVENTIONS = {
+    "classifier": "classifier-guidance scale s (ADM; 0 = unguided)",
+    "cfg": "CFG scale s (diffusers' guidance_scale; 1 = conditional, 0 = unconditional, w = s - 1)",
+}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,13 @@ class SamplingSettings:
     seed: int = 0
     precision: str = "fp32"
     clip_denoised: bool = True
+    guidance: str = "classifier"
+    classifier_scale: float = 0.0
+
+    @property
+    def classifier_gradient_scale(self) -> float:
+        """Scale of the classifier gradient: guidance_scale, or classifier_scale on top of CFG."""
+        return self.guidance_scale if self.guidance == "classifier" else self.classifier_scale
 
     def validate(self) -> None:
         if self.num_samples <= 0:
@@ -79,6 +94,19 @@ class SamplingSettings:
             )
         if self.eta < 0:
             raise EvalsuiteError(f"--eta must be >= 0, got {self.eta}")
+        if self.guidance not in GUIDANCE_KINDS:
+            raise EvalsuiteError(
+                f"--guidance must be one of {', '.join(GUIDANCE_KINDS)}, got {self.guidance!r}"
+            )
+        if not math.isfinite(self.classifier_scale) or self.classifier_scale < 0:
+            raise EvalsuiteError(
+                f"--classifier-scale must be a finite number >= 0, got {self.classifier_scale}"
+            )
+        if self.classifier_scale > 0 and self.guidance != "cfg":
+            raise EvalsuiteError(
+                "--classifier-scale adds a classifier gradient to --guidance cfg; with "
+                "--guidance classifier the classifier's scale is --guidance-scale"
+            )
 
 
 @dataclass
@@ -113,7 +141,22 @@ class SamplingModels:
                 f"{self.model.path}: super-resolution (upsampler) models need low-resolution inputs; "
                 "`evalsuite sample` generates from base models only"
             )
-        if settings.guidance_scale > 0 and self.classifier is None:
+        if settings.guidance == "cfg" and not getattr(model_config, "null_class", False):
+            raise EvalsuiteError(
+                f"--guidance cfg needs a model with a null class (trained with label dropout), "
+                f"but {self.model.path.name} has none; use --guidance classifier with a "
+                "classifier, or a checkpoint with null_class (--model-flags ... --null_class True)"
+            )
+        if settings.classifier_scale > 0 and self.classifier is None:
+            raise EvalsuiteError(
+                f"--classifier-scale {settings.classifier_scale} needs a classifier "
+                "(--classifier PATH)"
+            )
+        if (
+            settings.guidance == "classifier"
+            and settings.guidance_scale > 0
+            and (self.classifier is None)
+        ):
             raise EvalsuiteError(
                 f"--guidance-scale {settings.guidance_scale} needs a classifier (--classifier PATH); "
                 "use --guidance-scale 0 for unguided sampling"
@@ -133,6 +176,26 @@ class SamplingModels:
                 )
         resolve_class_spec(settings.classes, self.num_classes)
         space_timesteps(self.model.diffusion_config.diffusion_steps, settings.steps)
+
+
+def check_guidance_choice(guidance: str | None, has_classifier: bool) -> str:
+    """The guidance kind to use: an explicit choice (checked) or the default, "classifier".
+
+    `--guidance classifier` given explicitly without a classifier is an error even at scale 0;
+    left out, "classifier" at scale 0 is plain (unguided) sampling as before.
+    """
+    if guidance is None:
+        return "classifier"
+    if guidance not in GUIDANCE_KINDS:
+        raise EvalsuiteError(
+            f"--guidance must be one of {', '.join(GUIDANCE_KINDS)}, got {guidance!r}"
+        )
+    if guidance == "classifier" and not has_classifier:
+        raise EvalsuiteError(
+            "--guidance classifier needs a classifier (--classifier PATH); for a model with a "
+            "null class use --guidance cfg"
+        )
+    return guidance
 
 
 def resolve_class_spec(spec: str, num_classes: int | None) -> list[int] | str:
@@ -268,8 +331,17 @@ class BatchSampler:
             [sample_seed(settings.seed, i) for i in indices], self.device
         )
         x_T = noise((len(indices), config.in_channels, config.image_size, config.image_size))
+        model_fn = self._network(self.model)
+        if settings.guidance == "cfg":
+            # Classifier-free guidance on the eps (or x0) channels; variance from the cond. half.
+            model_fn = classifier_free(
+                model_fn,
+                scale=settings.guidance_scale,
+                null_label=config.null_label,
+                guided_channels=config.in_channels,
+            )
         denoise_fn = make_denoiser(
-            self._network(self.model),
+            model_fn,
             self.schedule,
             learn_sigma=diffusion.learn_sigma,
             predict_xstart=diffusion.predict_xstart,
@@ -278,12 +350,12 @@ class BatchSampler:
             model_kwargs={"y": labels} if config.class_cond else None,
         )
         guidance = None
-        if self.classifier is not None and settings.guidance_scale > 0:
+        if self.classifier is not None and settings.classifier_gradient_scale > 0:
             guidance = ClassifierGuidance(
                 self._network(self.classifier),
                 self.schedule,
                 labels,
-                settings.guidance_scale,
+                settings.classifier_gradient_scale,
                 rescale_timesteps=diffusion.rescale_timesteps,
             )
         if settings.sampler == "ddpm":
@@ -306,12 +378,31 @@ def make_batch_sampler(
     return BatchSampler(models, settings, device)
 
 
+def guidance_record(settings: SamplingSettings) -> dict[str, Any]:
+    """The guidance of a batch as the sidecar records it: kind, scale and its convention."""
+    record: dict[str, Any] = {
+        "kind": settings.guidance,
+        "scale": settings.guidance_scale,
+        "convention": SCALE_CONVENTIONS[settings.guidance],
+    }
+    if settings.guidance == "cfg":
+        record["classifier_scale"] = settings.classifier_scale
+        record["variance"] = "learned variance taken from the conditional half"
+    return record
+
+
 def batch_identity(
     models: SamplingModels, settings: SamplingSettings, device: str | torch.device
 ) -> dict[str, Any]:
     """What identifies a sample batch: settings, checkpoints (sha256 + config), device type."""
+    settings_record = asdict(settings)
+    # Left out at their defaults, so batches made before CFG existed keep their identity.
+    if settings.guidance == "classifier":
+        del settings_record["guidance"]
+    if settings.classifier_scale == 0:
+        del settings_record["classifier_scale"]
     identity: dict[str, Any] = {
-        "settings": asdict(settings),
+        "settings": settings_record,
         "model": {
             "sha256": models.model.sha256,
             "config": config_to_dict(models.model.model_config),
@@ -499,6 +590,7 @@ def _assemble(
             "seed": settings.seed,
             "per_sample": "noise of sample i from SeedSequence([seed, i])",
         },
+        "guidance": guidance_record(settings),
         "model_path": str(models.model.path),
         "classifier_path": None if models.classifier is None else str(models.classifier.path),
         "versions": versions(),

@@ -22,6 +22,7 @@ REBUILD_COMMAND = "bash zoo/build_zoo.sh"
 # Names of the zoo's roles -> file names inside ZOO_DIR (checkpoints) or REFERENCE_DIR (stats).
 MODEL = "cond_unet.pt"
 UNCOND_MODEL = "uncond_unet.pt"
+CFG_MODEL = "cfg_unet.pt"
 CLASSIFIER = "classifier.pt"
 JUDGE = "judge.pt"
 REFERENCE = "shapes16_reference.npz"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evalsuite.metrics.inception_score import inception_score
 from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
 from evalsuite.runtime.errors import EvalsuiteError
 
@@ -64,10 +65,10 @@ def check_judge(
 
 
 @torch.inference_mode()
-def judge_predictions(
+def judge_logits(
     judge: LoadedModel, images: np.ndarray, *, device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """Classes the judge assigns to uint8 (N, H, W, 3) images -> int64 (N,).
+    """The judge's logits for uint8 (N, H, W, 3) images -> float32 (N, K).
 
     Pixels are mapped to model space [-1, 1] (x / 127.5 - 1) and classified at timestep 0.
     """
@@ -76,13 +77,31 @@ def judge_predictions(
             f"judge input must be uint8 (N, H, W, 3) images, got {images.dtype} {images.shape}"
         )
     model = judge.model.to(device).eval()
-    predictions = []
+    logits = []
     for start in range(0, len(images), JUDGE_BATCH_SIZE):
         batch = torch.from_numpy(np.array(images[start : start + JUDGE_BATCH_SIZE], copy=True))
         x = batch.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         timesteps = torch.zeros(len(x), dtype=torch.long, device=device)
-        predictions.append(model(x, timesteps).argmax(dim=1).cpu().numpy())
-    return np.concatenate(predictions).astype(np.int64)
+        logits.append(model(x, timesteps).float().cpu().numpy())
+    return np.concatenate(logits)
+
+
+def judge_predictions(
+    judge: LoadedModel, images: np.ndarray, *, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Classes the judge assigns to uint8 (N, H, W, 3) images -> int64 (N,) (argmax of logits)."""
+    return judge_logits(judge, images, device=device).argmax(axis=1).astype(np.int64)
+
+
+def judge_score(logits: np.ndarray) -> float:
+    """The Inception Score's formula with the judge as the classifier: exp E_x KL(p(y|x) || p(y)).
+
+    logits: (N, K) judge logits of N samples; one split over all of them (p(y) is the mean
+    prediction of the whole set). Ranges from 1 (every sample gets the same prediction) to K
+    (confident, class-balanced predictions). It is not the Inception Score: the judge knows the
+    zoo's K classes, not ImageNet's, so the numbers are comparable only between zoo runs.
+    """
+    return inception_score(logits, split_size=max(len(logits), 1))[0]
 
 
 def class_agreement(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -5,7 +5,10 @@ What it trains (ADM protocol §4, §6):
   learned-range variance) at timesteps drawn uniformly over the T training steps, AdamW at a
   constant learning rate (optionally lowered linearly over the run's last steps), an exponential
   moving average (EMA) of the weights. Class-conditional
-  models get the labels of their images (no label dropout).
+  models get the labels of their images; a model with a null class (classifier-free guidance)
+  sees its label replaced by the null class ∅ with probability `label_dropout` (default 0.1, the
+  CFG paper's p_uncond). `init` warm-starts from another checkpoint's weights (e.g. a plain
+  conditional model, whose label embedding gains the ∅ row as the mean of its class rows).
 - `train_classifier`: with `noised=True` the noise-aware classifier of the paper, trained with
   cross-entropy on x_t ~ q(x_t | x_0) at uniformly drawn t and given the original timestep;
   with `noised=False` a clean-image classifier (always t = 0 on the unnoised x_0): the "judge"
@@ -91,6 +94,8 @@ class TrainOptions:
     dataset: str
     image_size: int
     train_set_size: int = TRAIN_SET_SIZE
+    label_dropout: float = 0.0
+    init_sha256: str | None = None
 
 
 def train_unet(
@@ -112,6 +117,8 @@ def train_unet(
     state_every: int = 100,
     resume: bool = True,
     progress: bool = True,
+    label_dropout: float | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train an ADM UNet with the IDDPM hybrid loss; returns the path of `out/unet.pt`.
 
@@ -133,6 +140,11 @@ def train_unet(
         log_every, state_every: steps between log lines / resumable states.
         resume: continue from `out/train_state.pt` if present (else start over).
         progress: show a tqdm bar.
+        label_dropout: probability that a training label is replaced by the null class ∅
+            (classifier-free guidance; needs `null_class`). None: 0.1 with a null class, else 0.
+        init: warm start from this checkpoint's (EMA) weights instead of the seed's
+            initialisation; its architecture must equal this one's, except that a checkpoint
+            without a null class may warm-start a model with one (∅'s row = mean class row).
     """
     if not isinstance(model_config, UNetConfig) or model_config.is_upsampler:
         raise EvalsuiteError(
@@ -148,7 +160,18 @@ def train_unet(
             "only the hybrid loss (use_kl=False, rescale_learned_sigmas=False) is implemented"
         )
     _check_classes(model_config.num_classes if model_config.class_cond else None, "UNet")
+    if label_dropout is None:
+        label_dropout = 0.1 if model_config.null_class else 0.0
+    if not 0.0 <= label_dropout < 1.0:
+        raise EvalsuiteError(f"--label-dropout must be in [0, 1), got {label_dropout}")
+    if label_dropout > 0 and not model_config.null_class:
+        raise EvalsuiteError(
+            f"--label-dropout {label_dropout} needs a model with a null class; add "
+            f"--null_class True to the flags (or use --label-dropout 0)"
+        )
+    initial = None if init is None else _initial_weights(Path(init), model_config)
     schedule = make_schedule(diffusion_config.noise_schedule, diffusion_config.diffusion_steps)
+    null_label = model_config.null_label
 
     def loss_fn(
         model: nn.Module, x0: Tensor, labels: Tensor, generator: torch.Generator
@@ -156,6 +179,11 @@ def train_unet(
         # Uniform t and Gaussian noise, then the hybrid loss (ADM protocol §4).
         t_index = sample_timesteps(x0.shape[0], schedule.num_steps, generator)
         noise = torch.randn(x0.shape, generator=generator)
+        if label_dropout > 0:
+            # Classifier-free guidance training: each label becomes ∅ with p = label_dropout
+            # (drawn after t and noise, so those match a run without dropout).
+            dropped = torch.rand(x0.shape[0], generator=generator) < label_dropout
+            labels = torch.where(dropped, torch.full_like(labels, null_label), labels)
         losses = training_losses(
             model,
             schedule,
@@ -178,6 +206,8 @@ def train_unet(
         seed=seed,
         dataset=dataset,
         image_size=model_config.image_size if image_size is None else image_size,
+        label_dropout=float(label_dropout),
+        init_sha256=None if initial is None else initial[1],
     )
     return _train(
         "unet",
@@ -193,7 +223,45 @@ def train_unet(
         state_every=state_every,
         resume=resume,
         progress=progress,
+        initial_state=None if initial is None else initial[0],
     )
+
+
+def _initial_weights(path: Path, model_config: UNetConfig) -> tuple[dict[str, Tensor], str]:
+    """Warm-start weights for `model_config` from an evalsuite UNet checkpoint, and its sha256.
+
+    The checkpoint's architecture must equal `model_config` except for `null_class`: a model
+    without a null class may start one that has it, the ∅ row of the label embedding being the
+    mean of the class rows (the average conditioning, a neutral start for the unconditional half).
+    """
+    from evalsuite.models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, "unet")
+    source = loaded.model_config
+    if not isinstance(source, UNetConfig):
+        raise EvalsuiteError(f"--init {path}: not a UNet checkpoint")
+    wanted = dataclasses.replace(model_config, null_class=source.null_class)
+    if source != wanted:
+        differences = [
+            f"{f.name} (checkpoint {getattr(source, f.name)!r}, flags {getattr(wanted, f.name)!r})"
+            for f in dataclasses.fields(source)
+            if getattr(source, f.name) != getattr(wanted, f.name)
+        ]
+        raise EvalsuiteError(
+            f"--init {path} has another architecture: {'; '.join(differences)}; warm-start "
+            f"only from a checkpoint of the same architecture"
+        )
+    if source.null_class and not model_config.null_class:
+        raise EvalsuiteError(
+            f"--init {path} has a null class but the flags do not; add --null_class True"
+        )
+    state = {
+        key: value.detach().clone().float() for key, value in loaded.model.state_dict().items()
+    }
+    if model_config.null_class and not source.null_class:
+        rows = state["label_emb.weight"]
+        state["label_emb.weight"] = torch.cat([rows, rows.mean(dim=0, keepdim=True)])
+    return state, loaded.sha256
 
 
 def train_classifier(
@@ -406,11 +474,13 @@ def _load_state(
     state = torch.load(path, map_location="cpu", weights_only=True)
     recorded = {"options": state["options"], **state["configs"]}
     wanted = {"options": dataclasses.asdict(options), **configs}
+    # A key a state predates (label_dropout, null_class, ...) held its neutral default then.
+    neutral = (None, False, 0.0)
     differences = [
         f"{group}.{key} (saved {recorded[group].get(key)!r}, given {value!r})"
         for group in wanted
         for key, value in wanted[group].items()
-        if recorded[group].get(key) != value
+        if recorded[group].get(key, value if value in neutral else None) != value
     ]
     if differences:
         raise EvalsuiteError(
@@ -450,6 +520,7 @@ def _train(
     state_every: int,
     resume: bool,
     progress: bool,
+    initial_state: dict[str, Tensor] | None = None,
 ) -> Path:
     from tqdm import tqdm
 
@@ -477,6 +548,8 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         model = build_model(model_config)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     model.train()
     ema_model = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(
