@@ -236,7 +236,7 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
 
     settings = SamplingSettings(
         num_samples=options["num_samples"],
-        sampler=options["sampler"],
+        sampler=options["sampler"] or "ddpm",
         steps=options["steps"],
         eta=options["eta"],
         guidance_scale=options["guidance_scale"],
