@@ -256,7 +256,7 @@ def sample(
       evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \
           --classes balanced --out cfg.npz
       # A diffusers folder (save_pretrained) with its own scheduler, 50 steps, CFG scale 4
-      evalsuite sample --model diffusers:./dit --guidance cfg --guidance-scale 4 --steps 50 \
+      evalsuite sample --model diffusers:./dit --guidance cfg --guidance-scale 4 --steps 50 \\
           --out dit.npz
       # Several GPUs: indices are sharded, the file equals the single-process one
       torchrun --nproc_per_node 8 -m evalsuite sample --model m.pt --preset 64x64_diffusion --out s.npz

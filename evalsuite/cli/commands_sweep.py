@@ -362,7 +362,7 @@ def sweep(
       evalsuite sweep                                   # the zoo, scales 0,1,4
       evalsuite sweep --scales 0,0.5,1,2,4 --out runs/zoo-scales
       evalsuite sweep --steps 50,ddim25 --sampler ddpm,ddim --scales 0,2
-      evalsuite sweep --model diffusers:./dit --guidance cfg --scales 1,1.5,2,4 \
+      evalsuite sweep --model diffusers:./dit --guidance cfg --scales 1,1.5,2,4 \\
           --reference ref.npz --out runs/dit-cfg
       evalsuite sweep --model cfg.pt --guidance cfg --scales 0,1,2,4,8 \
           --reference ref.npz --out runs/cfg-scales

@@ -203,12 +203,18 @@ class DiffusersModel:
         return torch.cat([eps, rest], dim=1)
 
     def decode(self, x: Tensor) -> Tensor:
-        """Model-space samples (B, C, h, w) -> RGB in [-1, 1] (B, 3, H, W): the VAE decodes latents."""
+        """Model-space samples (B, C, h, w) -> RGB in [-1, 1] (B, 3, H, W): the VAE decodes latents.
+
+        Latents are unscaled as diffusers' pipelines do: x / scaling_factor (+ shift_factor).
+        """
         if self.vae is None:
             return x
-        scale = self.model_config.vae_scaling_factor or 1.0
+        latents = 1 / self.model_config.vae_scaling_factor * x
+        shift = getattr(self.vae.config, "shift_factor", None)
+        if shift is not None:
+            latents = latents + shift
         with torch.no_grad():
-            return self.vae.decode(x / scale, return_dict=False)[0]
+            return self.vae.decode(latents, return_dict=False)[0]
 
 
 def parse_spec(spec: str) -> Path:

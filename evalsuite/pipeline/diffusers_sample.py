@@ -55,10 +55,6 @@ def inference_steps(steps: str, train_steps: int) -> int:
     return int(digits)
 
 
-def is_diffusers_model(models: SamplingModels) -> bool:
-    return isinstance(models.model, DiffusersModel)
-
-
 def check_settings(models: SamplingModels, settings: SamplingSettings) -> None:
     """Reject settings a diffusers model cannot sample with, before any work (one line each)."""
     model = models.model
