@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,11 @@ from click.testing import CliRunner
 
 from evalsuite.cli import main
 from tests.helpers import random_batch
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -400,6 +406,15 @@ def test_sweep_over_a_diffusers_model_writes_the_report(folders, tmp_path):
     assert (out / "report").is_dir() and any((out / "report").iterdir())
 
 
+def test_sweep_dry_run_refuses_diffusers_models_in_one_line(folders, tmp_path):
+    reference = random_batch(tmp_path / "reference.npz", 6, size=8)
+    result = CliRunner().invoke(
+        main,
+        ["sweep", "--model", spec(folders["dit"]), "--reference", str(reference), "--dry-run"],
+    )
+    _one_line_exit_2(result.exit_code, result.output, "the dry run plans ADM checkpoints only")
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 
@@ -466,3 +481,29 @@ def test_core_and_zoo_do_not_import_diffusers():
         [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# regress
+
+
+def test_regress_baseline_of_a_diffusers_model(folders, tmp_path):
+    folder = shutil.copytree(folders["dit"], tmp_path / "dit")
+    reference = random_batch(tmp_path / "reference.npz", 6, size=8)
+    baseline = tmp_path / "dit.toml"
+    init = ["regress", "--init", str(baseline), "--quiet", "--model", spec(folder)]
+    init += ["--steps", "3", "--num-samples", "4"]
+    init += ["--classes", "0,1", "--reference", str(reference), "--metrics", "fid"]
+    result = CliRunner().invoke(main, init)
+    assert result.exit_code == 0, result.output
+    recorded = tomllib.loads(baseline.read_text())
+    assert recorded["model"]["architecture"] == "diffusers"
+    assert recorded["model"]["path"] == "dit"
+    assert recorded["model"]["sha256"] == _folder_digest(folder)
+    assert recorded["sampling"]["sampler"] == "scheduler"
+    result = CliRunner().invoke(main, ["regress", str(baseline), "--quiet"])
+    assert result.exit_code == 0, result.output
+    # A changed folder is a changed protocol: refused before sampling.
+    (folder / "notes.txt").write_text("retrained")
+    result = CliRunner().invoke(main, ["regress", str(baseline), "--quiet"])
+    assert result.exit_code == 2 and "sha256" in result.output.lower(), result.output

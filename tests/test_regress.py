@@ -18,11 +18,15 @@ import torch
 from click.testing import CliRunner
 
 from evalsuite.cli import main
+from evalsuite.experiments.bootstrap import (
+    SampleScorer,
+    one_sided_bound,
+    prepare_reference,
+    replicates,
+)
 from evalsuite.experiments.regress import (
     Expectation,
     Tolerance,
-    bootstrap_bound,
-    bootstrap_replicates,
     compare,
     load_baseline,
     parse_tolerances,
@@ -296,7 +300,9 @@ def test_bootstrap_shortcuts_equal_scoring_each_resample(num_samples, dim):
     options = MetricOptions(kid_subsets=7, kid_subset_size=5, kid_seed=3)
     rows = rng.integers(0, num_samples, size=(3, num_samples))
     names = ("fid", "sfid", "kid", "precision", "recall")
-    replicates = bootstrap_replicates(sample, reference, names, rows, options)
+    groups = ("fid", "sfid", "kid", "pr")
+    scorer = SampleScorer(sample, prepare_reference(reference, groups, options))
+    values = replicates(scorer, rows, names)
     for index, resample in enumerate(rows):
         resampled = FeatureSet(sample.pool[resample], sample.spatial[resample], None)
         direct = score_features(resampled, reference, ("fid", "sfid", "kid", "pr"), options)
@@ -304,11 +310,12 @@ def test_bootstrap_shortcuts_equal_scoring_each_resample(num_samples, dim):
             # FID/sFID: with N < D the evaluator route takes square roots of D - N + 1 rounding
             # residues of zero eigenvalues (~1e-8 each); the Gram route has none.
             rtol = 1e-6 if name in ("fid", "sfid") else 1e-9
-            np.testing.assert_allclose(replicates[name][index], direct[name], rtol=rtol)
+            np.testing.assert_allclose(values[name][index], direct[name], rtol=rtol)
     # The shortcut is exact, not an approximation that happens to agree on one resample.
-    assert len(set(replicates["fid"].tolist())) == 3
+    assert len(set(values["fid"].tolist())) == 3
+    assert len(set(values["kid"].tolist())) == 3
     np.testing.assert_allclose(
-        replicates["fid"][0],
+        values["fid"][0],
         frechet_distance(
             sample=gaussian_stats(sample.pool[rows[0]]), reference=reference.pool_stats
         ),
@@ -318,12 +325,12 @@ def test_bootstrap_shortcuts_equal_scoring_each_resample(num_samples, dim):
 
 def test_bootstrap_bound_direction_and_centring():
     spread = np.linspace(-1.0, 1.0, 201)
-    assert bootstrap_bound(10.0, spread, 0.95, "fid") == pytest.approx(10.9)
-    assert bootstrap_bound(0.5, spread / 10, 0.95, "precision") == pytest.approx(0.41)
+    assert one_sided_bound(10.0, spread, 0.95, lower_is_better=True) == pytest.approx(10.9)
+    assert one_sided_bound(0.5, spread / 10, 0.95, lower_is_better=False) == pytest.approx(0.41)
     # Resampling bias (replicates shifted away from the point estimate) does not move the bound.
-    assert bootstrap_bound(10.0, spread + 7.0, 0.95, "fid") == pytest.approx(10.9)
+    assert one_sided_bound(10.0, spread + 7.0, 0.95, lower_is_better=True) == pytest.approx(10.9)
     # Never tighter than the point estimate itself.
-    assert bootstrap_bound(10.0, np.zeros(5), 0.95, "kid") == 10.0
+    assert one_sided_bound(10.0, np.zeros(5), 0.95, lower_is_better=True) == 10.0
 
 
 @pytest.mark.parametrize(
@@ -489,3 +496,108 @@ def test_relative_paths_start_at_the_baseline_folder(tmp_path):
     assert resolve_path(entry, baseline).resolve() == (tmp_path / "models" / "m.pt").resolve()
     assert path_entry("zoo:cond_unet.pt", baseline) == "zoo:cond_unet.pt"
     shutil.rmtree(tmp_path / "ci")
+
+
+def test_added_sampling_keys_are_optional_in_older_files(tmp_path, monkeypatch):
+    from evalsuite.experiments.regress import baseline as baseline_format
+    from evalsuite.runtime.errors import EvalsuiteError
+
+    path = tmp_path / "b.toml"
+    path.write_text(BASELINE_TEXT.replace("clip_denoised = true\n", ""))
+    with pytest.raises(EvalsuiteError, match="missing key `sampling.clip_denoised`"):
+        load_baseline(path)
+    # A key listed as added after version 1 takes its default when a file predates it.
+    monkeypatch.setattr(baseline_format, "ADDED_SAMPLING_KEYS", ("clip_denoised",))
+    assert load_baseline(path).sampling.clip_denoised is True
+
+
+def test_written_baseline_is_plain_toml_with_the_header(tmp_path):
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = tmp_path / "b.toml"
+    path.write_text(BASELINE_TEXT)
+    baseline = load_baseline(path)
+    write_baseline(baseline)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# evalsuite regression baseline. Check:  evalsuite regress b.toml\n")
+    written = tomllib.loads(text)
+    original = tomllib.loads(BASELINE_TEXT)
+    original["sampling"]["guidance_scale"] = 2.0  # an integer in the hand-written file
+    assert written == original
+    # Absent values (no classifier note, no bound of a rel tolerance) are left out, not null.
+    assert "bound" not in written["metrics"]["fid"] and "provenance" not in written
+
+
+# --- regress --samples: a batch made by `evalsuite sample` instead of regenerating -----------
+
+
+def _sample_batch(world: dict[str, Path], path: Path, *extra: str) -> Path:
+    args = ["--num-samples", NUM_SAMPLES, "--seed", "0", "--steps", STEPS, *extra]
+    code, output = run(
+        ["sample", "--quiet", "--model", str(world["model"]), *args, "--out", str(path)]
+    )
+    assert code == 0, output
+    return path
+
+
+def test_samples_batch_scores_like_the_regenerating_run(world, tmp_path):
+    batch = _sample_batch(world, tmp_path / "s.npz", "--batch-size", "3")
+    results = {}
+    for name, extra in (("given", ["--samples", str(batch)]), ("regenerated", [])):
+        json_path = tmp_path / f"{name}.json"
+        code, output = run(
+            ["regress", str(world["baseline"]), "--quiet", "--json", str(json_path), *extra]
+        )
+        assert code == 0, output
+        assert ("scored the sample batch" in output) == (name == "given")
+        results[name] = json.loads(json_path.read_text())
+    given, regenerated = results["given"], results["regenerated"]
+    assert given["samples_batch"] == str(batch) and "samples_batch" not in regenerated
+    assert given["samples_sha256"] == regenerated["samples_sha256"]
+    assert given["samples_identical_to_baseline"] is True
+    for name, entry in regenerated["metrics"].items():
+        assert given["metrics"][name]["got"] == entry["got"], name
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("seed", "sampling.seed is 1 in mismatch.json but 0"),
+        ("steps", "sampling.steps is '5' in mismatch.json but '4'"),
+        ("num_samples", "sampling.num_samples is 6 in mismatch.json but 8"),
+        ("model", "model.sha256 is"),
+        ("no_sidecar", "no mismatch.json next to it"),
+    ],
+)
+def test_samples_batch_of_another_protocol_exits_2_naming_it(world, tmp_path, case, message):
+    path = tmp_path / "mismatch.npz"
+    if case == "model":
+        other = tiny_unet(tmp_path / "other.pt", seed=5)
+        code, output = run(
+            ["sample", "--quiet", "--model", str(other), "--num-samples", NUM_SAMPLES]
+            + ["--seed", "0", "--steps", STEPS, "--out", str(path)]
+        )
+        assert code == 0, output
+    else:
+        extra = {
+            "seed": ["--seed", "1"],
+            "steps": ["--steps", "5"],
+            "num_samples": ["--num-samples", "6"],
+            "no_sidecar": [],
+        }[case]
+        _sample_batch(world, path, *extra)
+        if case == "no_sidecar":
+            path.with_suffix(".json").unlink()
+    code, output = run(["regress", str(world["baseline"]), "--quiet", "--samples", str(path)])
+    assert code == 2, output
+    assert len(error_lines(output)) == 1, output
+    assert message in output
+    assert "PASS" not in output and "FAIL" not in output
+
+
+def test_samples_only_for_a_check(world, tmp_path):
+    code, output = run(["regress", "--update", str(world["baseline"]), "--samples", "s.npz"])
+    assert code == 2 and "--samples scores a batch for a check" in output

@@ -95,6 +95,13 @@ def _architecture(flags: str | None, preset: str | None, names: str) -> str:
     default=None,
     help="Keep the regenerated sample batch at this new .npz path (default: a temporary file).",
 )
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Score this batch made by `evalsuite sample` from the baseline's protocol instead of "
+    "regenerating (its .json sidecar must match the baseline's checkpoints and settings).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @model_options
 @sampling_options
@@ -186,9 +193,31 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
       # a bare guided-diffusion checkpoint against an ADM reference batch
       evalsuite regress --init my.toml --model 64x64_diffusion.pt --preset 64x64_diffusion \\
           --reference VIRTUAL_imagenet64_labeled.npz --steps ddim25 --sampler ddim --num-samples 500
+      # score samples made elsewhere (e.g. on a GPU job) with the baseline's settings
+      evalsuite sample --guidance-scale 1.0 --sampler ddim --steps ddim10 --num-samples 256 \\
+          --seed 0 --out s.npz
+      evalsuite regress baselines/zoo.toml --samples s.npz
+      # every process of a node samples and extracts features; rank 0 scores and prints
+      torchrun --nproc_per_node 4 -m evalsuite regress baselines/zoo.toml
     """
-    from evalsuite.experiments import regress as lib
+    from evalsuite.experiments.regress import ranks
+    from evalsuite.runtime.errors import EvalsuiteError
 
+    try:
+        _regress(ctx, baseline, options)
+    except (EvalsuiteError, click.UsageError) as error:
+        # Under torchrun: one line from rank 0, other ranks only report their own failures.
+        if not ranks.reported_here(error):
+            ctx.exit(2)
+        raise
+
+
+def _regress(ctx: click.Context, baseline: str, options: dict[str, Any]) -> None:
+    from evalsuite.experiments import regress as lib
+    from evalsuite.experiments.regress import ranks
+
+    if options["samples"] is not None and (options["update"] or options["init_"]):
+        raise click.UsageError("--samples scores a batch for a check; not with --update or --init")
     if options["update"] and options["init_"]:
         raise click.UsageError("--update and --init exclude each other")
     if not options["init_"]:
@@ -217,13 +246,18 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
     elif options["update"]:
         _, result = lib.update(baseline, **run)
     else:
-        result = lib.check(baseline, **run)
-    for line in lib.format_table(result):
-        click.echo(line)
-    if options["json_path"]:
-        lib.write_json(options["json_path"], result)
-    if options["markdown_path"]:
-        lib.append_markdown(options["markdown_path"], result)
+        result = lib.check(baseline, samples=options["samples"], **run)
+
+    # Under torchrun every rank holds the result; rank 0 prints and writes the reports.
+    def report() -> None:
+        for line in lib.format_table(result):
+            click.echo(line)
+        if options["json_path"]:
+            lib.write_json(options["json_path"], result)
+        if options["markdown_path"]:
+            lib.append_markdown(options["markdown_path"], result)
+
+    ranks.on_main(report)
     if not result.passed and result.action == "check":
         ctx.exit(1)
 
@@ -231,12 +265,14 @@ def regress(ctx: click.Context, baseline: str, **options: Any) -> None:
 def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     from evalsuite import zoo
     from evalsuite.experiments import regress as lib
+    from evalsuite.models.diffusers_source import is_diffusers_spec, parse_spec
     from evalsuite.pipeline.evaluate import parse_metrics
     from evalsuite.pipeline.sample import SamplingSettings
 
     settings = SamplingSettings(
         num_samples=options["num_samples"],
-        sampler=options["sampler"] or "ddpm",
+        sampler=options["sampler"]
+        or ("scheduler" if is_diffusers_spec(options["model_path"]) else "ddpm"),
         steps=options["steps"],
         eta=options["eta"],
         guidance_scale=options["guidance_scale"],
@@ -258,12 +294,19 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
         raise click.UsageError(
             "--classifier-flags/--classifier-preset given without --classifier PATH"
         )
+    model, model_architecture = (
+        options["model_path"],
+        _architecture(options["model_flags"], options["preset"], "--model-flags or --preset"),
+    )
+    if is_diffusers_spec(model):
+        # A diffusers folder describes itself; the baseline records the folder.
+        if model_architecture != lib.EMBEDDED:
+            raise click.UsageError(f"--model-flags/--preset describe ADM state dicts, not {model}")
+        model, model_architecture = str(parse_spec(model)), lib.DIFFUSERS
     _, result = lib.init(
         baseline,
-        model=options["model_path"] or lib.ZOO_PREFIX + zoo.MODEL,
-        model_architecture=_architecture(
-            options["model_flags"], options["preset"], "--model-flags or --preset"
-        ),
+        model=model or lib.ZOO_PREFIX + zoo.MODEL,
+        model_architecture=model_architecture,
         classifier=options["classifier_path"],
         classifier_architecture=_architecture(
             options["classifier_flags"],

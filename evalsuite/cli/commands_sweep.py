@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from evalsuite.cli import UserError, handle_errors, main
-from evalsuite.cli.commands_eval import check_device, weights_option
+from evalsuite.cli.commands_eval import weights_option
+from evalsuite.cli.dry_run import check_run_options, dry_run_options, show_plan
 
 DEFAULT_SCALES = "0,1,4"
 # Scales of the zoo's classifier-free-guidance row (s = 1: its conditional model).
@@ -316,6 +317,7 @@ def _named_rows(
     help="Run directory (rerun the same command to resume; a different config is refused).",
 )
 @run_options
+@dry_run_options
 @weights_option
 @handle_errors
 def sweep(
@@ -346,6 +348,9 @@ def sweep(
     keep_samples: bool,
     device: str,
     quiet: bool,
+    dry_run: bool,
+    calibrate: bool,
+    as_json: bool,
     inception_weights: str | None,
 ) -> None:
     """Sweep the classifier-guidance scale (and optionally samplers and step counts).
@@ -377,7 +382,7 @@ def sweep(
     from evalsuite.runtime.errors import EvalsuiteError
 
     chosen = parse_metrics(metrics)
-    check_device(device)
+    check_run_options(device, dry_run, calibrate, as_json)
     annotations: dict[str, Any] = {}
     if models:
         if reference is None:
@@ -410,7 +415,8 @@ def sweep(
             f"by {Path(rows[0].classifier).name}, and {Path(rows[2].model).name} under "
             f"classifier-free guidance (CFG scales {','.join(f'{s:g}' for s in cfg_scales)}); "
             f"judge {Path(judge).name if judge else 'none'}; "
-            f"reference {reference}"
+            f"reference {reference}",
+            err=as_json,
         )
     config = SweepConfig(
         rows=rows,
@@ -430,6 +436,11 @@ def sweep(
         inception_weights=inception_weights,
         metric_options=MetricOptions(),
     )
+    if dry_run:
+        show_plan(
+            config, out, batch_size=batch_size, device=device, calibrate=calibrate, as_json=as_json
+        )
+        return
     run_sweep(
         config,
         out,
@@ -455,6 +466,7 @@ def sweep(
     "--absolute", is_flag=True, help="Show every row's FID, not differences from the baseline."
 )
 @run_options
+@dry_run_options
 @handle_errors
 def ablate(
     spec: str | None,
@@ -464,6 +476,9 @@ def ablate(
     keep_samples: bool,
     device: str,
     quiet: bool,
+    dry_run: bool,
+    calibrate: bool,
+    as_json: bool,
 ) -> None:
     """Compare architecture variants at several training points (the paper's Table 1).
 
@@ -482,16 +497,27 @@ def ablate(
     from evalsuite import zoo
     from evalsuite.experiments.ablate import load_spec, run_ablation
 
-    check_device(device)
+    check_run_options(device, dry_run, calibrate, as_json)
     if spec is None:
         spec = str(zoo.asset(zoo.ABLATION_SPEC))
-        click.echo(f"no SPEC: using the zoo's ablation spec {spec}")
+        click.echo(f"no SPEC: using the zoo's ablation spec {spec}", err=as_json)
     loaded = load_spec(spec)
     run_dir = Path(out) if out else Path("runs") / f"ablate-{Path(spec).stem}"
     click.echo(
         f"{len(loaded.variants)} variants x {len(loaded.points)} training points "
-        f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}"
+        f"({', '.join(loaded.points)}); baseline {loaded.baseline}; run directory {run_dir}",
+        err=as_json,
     )
+    if dry_run:
+        show_plan(
+            loaded.sweep_config(),
+            run_dir,
+            batch_size=batch_size,
+            device=device,
+            calibrate=calibrate,
+            as_json=as_json,
+        )
+        return
     run_ablation(
         loaded,
         run_dir,

@@ -9,10 +9,11 @@ precision/recall at 10k reference images). Here the work is split once per quant
   pool features (cached on disk), so precision/recall never recompute them.
 - `SampleScorer` (once per sample set of n images): n x n matrices from which every metric of any
   resample (an index vector with repeats) follows in O(n^2) — FID/sFID through the Gram route
-  below, precision/recall through the stored reference x sample and sample x sample distances.
+  below, precision/recall through the stored reference x sample and sample x sample distances,
+  KID through per-subset kernel sums (`KIDResampler`).
 
 The numbers equal those of `score_features` on the same features (tests check FID/sFID to ~1e-9
-relative and P/R, IS, KID exactly). Bootstrap confidence intervals resample the *sample* rows
+relative and P/R, IS, KID exactly; KID of a resample to ~1e-9 relative). Bootstrap confidence intervals resample the *sample* rows
 with replacement (the reference is fixed), with one seeded `np.random.default_rng`, so the same
 resample indices are used in every cell of a sweep; `paired_changes` bootstraps the change between
 two cells drawn with the same seed (e.g. guidance scale 0 against 10) with paired resamples.
@@ -240,6 +241,54 @@ class PrecisionRecallMatrices:
         return (self.cross[:, unique] <= radii[first][None, :]).any(axis=1)
 
 
+class KIDResampler:
+    """KID of row-resampled sample features, equal to `kernel_inception_distance` on them.
+
+    The subsets are drawn exactly as `kernel_inception_distance` draws them (per subset: m
+    reference indices, then m sample positions, from `default_rng(kid_seed)`); they do not depend
+    on the features, only on the set sizes, which resampling keeps. Per subset the reference term
+    and each sample's kernel sum against the subset's reference points are computed once; a
+    replicate then needs only counts of the resampled rows: with w the counts of subset rows,
+    sum_{p != q} k(y_p, y_q) = w^T K w - w . diag(K) (Bińkowski et al. 2018, eq. 2).
+    """
+
+    def __init__(self, reference: np.ndarray, sample: np.ndarray, options: MetricOptions) -> None:
+        """reference: (R, D), sample: (N, D) float pool features; options: the KID settings."""
+        self.reference = np.asarray(reference, dtype=np.float64)
+        self.sample = np.asarray(sample, dtype=np.float64)
+        num_reference, num_samples = len(self.reference), len(self.sample)
+        self.gamma = 1.0 / self.sample.shape[1]
+        self.size = min(options.kid_subset_size, num_reference, num_samples)
+        rng = np.random.default_rng(options.kid_seed)
+        self.positions = np.empty((options.kid_subsets, self.size), dtype=np.int64)
+        self.within_reference = np.empty(options.kid_subsets)
+        self.cross_sums = np.empty((options.kid_subsets, num_samples))
+        pair_count = self.size * (self.size - 1)
+        for index in range(options.kid_subsets):
+            subset = self.reference[rng.choice(num_reference, self.size, replace=False)]
+            self.positions[index] = rng.choice(num_samples, self.size, replace=False)
+            kernel = self._kernel(subset, subset)
+            self.within_reference[index] = (kernel.sum() - np.trace(kernel)) / pair_count
+            self.cross_sums[index] = self._kernel(self.sample, subset).sum(axis=1)
+        self.sample_kernel = self._kernel(self.sample, self.sample)
+
+    def _kernel(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        # kernel_inception_distance's default polynomial kernel: (x.y / D + 1)^3.
+        return (self.gamma * (x @ y.T) + 1.0) ** 3
+
+    def __call__(self, rows: np.ndarray) -> float:
+        """KID of sample[rows]; rows: (N,) int indices with repeats (a bootstrap resample)."""
+        num_samples = len(self.sample)
+        counts = np.zeros((len(self.positions), num_samples))
+        for index, positions in enumerate(self.positions):
+            counts[index] = np.bincount(rows[positions], minlength=num_samples)
+        pair_count = self.size * (self.size - 1)
+        all_pairs = np.einsum("sn,nm,sm->s", counts, self.sample_kernel, counts)
+        within_sample = (all_pairs - counts @ np.diag(self.sample_kernel)) / pair_count
+        cross = (counts * self.cross_sums).sum(axis=1) / (self.size * self.size)
+        return float(np.mean(self.within_reference + within_sample - 2.0 * cross))
+
+
 class SampleScorer:
     """Every requested metric of one sample set, for the whole set or any resample of it.
 
@@ -280,6 +329,8 @@ class SampleScorer:
             if metric in metrics:
                 small = gram_ok and self.num_samples <= matrix.shape[1]
                 self.frechet[metric] = FrechetGram(matrix, stats) if small else None
+        # Built on the first resample (a bootstrap of KID); the whole set needs no shortcut.
+        self.kid: KIDResampler | None = None
         self.pr: PrecisionRecallMatrices | None = None
         if "pr" in metrics and self.num_samples <= PR_MATRIX_LIMIT:
             self.pr = PrecisionRecallMatrices(
@@ -301,7 +352,8 @@ class SampleScorer:
 
         Keys: fid, sfid, inception_score, inception_score_std, precision, recall, kid, kid_std,
         class_agreement, judge_score; None where a metric was not asked for or is unavailable
-        (IS without the Inception head, class agreement and judge score without a judge).
+        (IS without the Inception head, class agreement and judge score without a judge, kid_std
+        of a resample).
         """
         whole = index is None
         index = np.arange(self.num_samples) if index is None else np.asarray(index)
@@ -327,19 +379,67 @@ class SampleScorer:
                     device=self.device,
                 )
                 result["precision"], result["recall"] = pr.precision, pr.recall
-        if "kid" in self.metrics:
+        if "kid" in self.metrics and whole:
             result["kid"], result["kid_std"] = kernel_inception_distance(
                 reference=self.side.pool,
-                sample=self.features.pool[index],
+                sample=self.features.pool,
                 num_subsets=self.options.kid_subsets,
                 subset_size=self.options.kid_subset_size,
                 seed=self.options.kid_seed,
             )
+        elif "kid" in self.metrics:
+            if self.kid is None:
+                self.kid = KIDResampler(self.side.pool, self.features.pool, self.options)
+            result["kid"] = self.kid(index)
         if self.agreement is not None:
             result["class_agreement"] = float(self.agreement[index].mean())
         if self.judge_logits is not None:
             result["judge_score"] = judge_score(self.judge_logits[index])
         return result
+
+
+def resample_rows(num_samples: int, num_resamples: int, seed: int = 0) -> np.ndarray:
+    """(num_resamples, num_samples) int64 sample indices drawn with replacement.
+
+    Row r is the r-th resample that `bootstrap_intervals` draws with the same seed.
+    """
+    return np.random.default_rng(seed).integers(0, num_samples, size=(num_resamples, num_samples))
+
+
+def replicates(scorer: SampleScorer, rows: np.ndarray, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Each metric of `keys` (scores() keys) on each resample `rows` (B, n): (B,) float64 arrays.
+
+    Raises `EvalsuiteError` for a metric without resampled values (precision/recall above
+    `PR_MATRIX_LIMIT` samples).
+    """
+    values = {key: np.empty(len(rows)) for key in keys}
+    for index, resample in enumerate(rows):
+        scores = scorer.scores(resample)
+        for key in keys:
+            if scores[key] is None:
+                raise EvalsuiteError(
+                    f"no bootstrap replicates of {key} at N={scorer.num_samples}; use an abs or "
+                    "rel tolerance for it"
+                )
+            values[key][index] = scores[key]
+    return values
+
+
+def one_sided_bound(
+    value: float, replicates: np.ndarray, confidence: float, lower_is_better: bool
+) -> float:
+    """The one-sided bound on the worse side of `value` at `confidence`.
+
+    Centred percentile bootstrap, like the intervals of `bootstrap_intervals`: value + the
+    `confidence` quantile (lower-is-better metrics; the 1 - confidence quantile otherwise) of
+    replicates - mean(replicates). Centring removes the resampling bias (duplicated rows shrink
+    the sample's spread, which inflates FID replicates) and keeps the spread. Never tighter than
+    `value` itself, so a sample set passes against its own bound.
+    """
+    centred = replicates - replicates.mean()
+    if lower_is_better:
+        return max(value, value + float(np.quantile(centred, confidence)))
+    return min(value, value + float(np.quantile(centred, 1.0 - confidence)))
 
 
 def bootstrap_intervals(scorer: SampleScorer, num_resamples: int, seed: int = 0) -> dict[str, Any]:

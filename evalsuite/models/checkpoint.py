@@ -130,6 +130,68 @@ def _config_differences(embedded: object, given: object, skip: tuple[str, ...] =
     ]
 
 
+def _embedded_configs(
+    obj: Mapping[str, Any],
+    path: Path,
+    kind: str,
+    given: tuple[UNetConfig | ClassifierConfig, DiffusionConfig, str] | None,
+) -> tuple[UNetConfig | ClassifierConfig, DiffusionConfig]:
+    """The configs an evalsuite checkpoint embeds, checked against flags/preset if given."""
+    if obj.get("version") != CHECKPOINT_VERSION:
+        raise EvalsuiteError(
+            f"{path} is an evalsuite checkpoint of version {obj.get('version')!r}; this "
+            f"evalsuite reads version {CHECKPOINT_VERSION}"
+        )
+    if obj.get("kind") != kind:
+        raise EvalsuiteError(f"{path} holds a {obj.get('kind')!r} model, but kind={kind!r}")
+    config_type = UNetConfig if kind == "unet" else ClassifierConfig
+    model_config = config_from_dict(obj["model_config"], config_type)
+    diffusion_config = config_from_dict(obj["diffusion_config"], DiffusionConfig)
+    if given is not None:
+        differences = _config_differences(model_config, given[0]) + _config_differences(
+            diffusion_config, given[1], skip=("timestep_respacing",)
+        )
+        if differences:
+            raise EvalsuiteError(
+                f"the {given[2]} given disagree with the configs embedded in {path}: "
+                f"{'; '.join(differences)}; drop the {given[2]} or fix them"
+            )
+    return model_config, diffusion_config
+
+
+def read_configs(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    flags: str | None = None,
+    preset: str | None = None,
+) -> tuple[UNetConfig | ClassifierConfig, DiffusionConfig]:
+    """The architecture and diffusion configs of a checkpoint, without loading its weights.
+
+    Same rules as `load_checkpoint`: a bare state dict takes them from flags/preset (the file is
+    only checked to exist); an evalsuite checkpoint's embedded configs are read with its
+    tensors memory-mapped (not read) and compared with flags/preset when given.
+    """
+    _check_kind(kind)
+    path = Path(path)
+    if not path.is_file():
+        raise EvalsuiteError(f"checkpoint {path} does not exist or is not a file")
+    given = _configs_from_caller(kind, flags, preset)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip-format torch file (mmap needs one): read it the ordinary way
+        obj = _read(path, "cpu")
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        return _embedded_configs(obj, path, kind, given)
+    if given is None:
+        raise EvalsuiteError(
+            f"{path} is a bare state dict without an architecture: pass flags= (the "
+            f"guided-diffusion flags it was trained with) or preset= (one of "
+            f"{', '.join(PRESETS)})"
+        )
+    return given[0], given[1]
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     kind: str,
@@ -161,25 +223,7 @@ def load_checkpoint(
     step = None
     extra: dict[str, Any] = {}
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        if obj.get("version") != CHECKPOINT_VERSION:
-            raise EvalsuiteError(
-                f"{path} is an evalsuite checkpoint of version {obj.get('version')!r}; this "
-                f"evalsuite reads version {CHECKPOINT_VERSION}"
-            )
-        if obj.get("kind") != kind:
-            raise EvalsuiteError(f"{path} holds a {obj.get('kind')!r} model, but kind={kind!r}")
-        config_type = UNetConfig if kind == "unet" else ClassifierConfig
-        model_config = config_from_dict(obj["model_config"], config_type)
-        diffusion_config = config_from_dict(obj["diffusion_config"], DiffusionConfig)
-        if given is not None:
-            differences = _config_differences(model_config, given[0]) + _config_differences(
-                diffusion_config, given[1], skip=("timestep_respacing",)
-            )
-            if differences:
-                raise EvalsuiteError(
-                    f"the {given[2]} given disagree with the configs embedded in {path}: "
-                    f"{'; '.join(differences)}; drop the {given[2]} or fix them"
-                )
+        model_config, diffusion_config = _embedded_configs(obj, path, kind, given)
         weights = "ema_state_dict" if obj.get("ema_state_dict") is not None else "state_dict"
         state_dict = obj[weights]
         step = obj.get("step")
