@@ -37,8 +37,17 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
             param.add_(0.2 * torch.randn(param.shape, generator=generator))
 
 
-def tiny_unet(path: Path, *, class_cond: bool = True, num_classes: int = 4, seed: int = 0) -> Path:
-    config = UNetConfig(**TINY_UNET, class_cond=class_cond, num_classes=num_classes)
+def tiny_unet(
+    path: Path,
+    *,
+    class_cond: bool = True,
+    num_classes: int = 4,
+    seed: int = 0,
+    null_class: bool = False,
+) -> Path:
+    config = UNetConfig(
+        **TINY_UNET, class_cond=class_cond, num_classes=num_classes, null_class=null_class
+    )
     model = build_model(config)
     _randomise(model, seed)
     save_checkpoint(path, model, config, TINY_DIFFUSION, kind="unet")

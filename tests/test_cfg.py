@@ -450,3 +450,38 @@ def test_sweep_cfg_on_a_model_without_null_class_is_one_line_exit_2(sweep_files,
     )
     assert result.exit_code == 2, result.output
     assert "null class" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_ablation_spec_takes_the_guidance_kind(tmp_path):
+    from evalsuite.experiments.ablate import load_spec
+    from tests.helpers import random_batch
+
+    null_class_unet(tmp_path / "cfg.pt")
+    random_batch(tmp_path / "reference.npz", 6, size=8)
+    spec = tmp_path / "spec.toml"
+    body = (
+        "[evaluation]\nreference = 'reference.npz'\nmetrics = ['fid']\n"
+        "[[variant]]\nname = 'cfg'\ncheckpoint = 'cfg.pt'\n"
+    )
+    spec.write_text("[sampling]\nguidance = 'cfg'\nguidance_scale = 3.0\n" + body)
+    rows = load_spec(spec).sweep_config().rows
+    assert [row.guidance for row in rows] == ["cfg"]
+    spec.write_text("[sampling]\nguidance = 'free'\n" + body)
+    with pytest.raises(EvalsuiteError, match="sampling.guidance"):
+        load_spec(spec)
+    spec.write_text("[sampling]\nguidance = 'classifier'\n" + body)
+    with pytest.raises(EvalsuiteError, match="no classifier"):
+        load_spec(spec)
+
+
+def test_sample_without_model_uses_the_zoo_cfg_model(tmp_path):
+    out = tmp_path / "cfg.npz"
+    code, output = run(
+        ["--guidance", "cfg", "--guidance-scale", "2", "--sampler", "ddim", "--steps", "ddim2"]
+        + ["--num-samples", "2", "--out", str(out)]
+    )
+    assert code == 0, output
+    assert "null-class (CFG) model" in output
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["model_path"].endswith("cfg_unet.pt")
+    assert sidecar["identity"]["model"]["config"]["null_class"] is True

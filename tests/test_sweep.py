@@ -53,6 +53,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {
         "model": tiny_unet(folder / "cond.pt"),
         "uncond": tiny_unet(folder / "uncond.pt", class_cond=False, seed=3),
+        "cfg": tiny_unet(folder / "cfg.pt", null_class=True, seed=5),
         "classifier": tiny_classifier(folder / "classifier.pt"),
         "judge": tiny_classifier(folder / "judge.pt", seed=7),
         "reference": random_batch(folder / "reference.npz", 6, size=8),
@@ -295,6 +296,7 @@ def fake_zoo(files, tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     shutil.copy(files["model"], folder / zoo.MODEL)
     shutil.copy(files["uncond"], folder / zoo.UNCOND_MODEL)
+    shutil.copy(files["cfg"], folder / zoo.CFG_MODEL)
     shutil.copy(files["classifier"], folder / zoo.CLASSIFIER)
     shutil.copy(files["judge"], folder / zoo.JUDGE)
     shutil.copy(files["reference"], folder / zoo.REFERENCE)
@@ -307,14 +309,20 @@ def test_no_model_sweeps_the_zoo_pair_with_its_judge(fake_zoo, tmp_path):
     out = tmp_path / "run"
     code, output = invoke(
         ["sweep", "--scales", "1", "--num-samples", "4", "--steps", "ddim2", "--metrics", "fid"]
-        + ["--bootstrap", "0", "--out", str(out), "--quiet"]
+        + ["--cfg-scales", "2", "--bootstrap", "0", "--out", str(out), "--quiet"]
     )
     assert code == 0, output
     assert "no --model: sweeping the zoo" in output and "judge.pt" in output
     records = read_records(out)
-    assert [r["model"] for r in records] == ["unconditional", "conditional"]
-    assert [r["class_cond"] for r in records] == [False, True]
-    assert {r["classifier_sha256"] for r in records} == {sha256_file(fake_zoo / zoo.CLASSIFIER)}
+    assert [r["model"] for r in records] == ["unconditional", "conditional", "cfg"]
+    assert [r["class_cond"] for r in records] == [False, True, True]
+    assert [(r["guidance"], r["guidance_scale"]) for r in records] == [
+        ("classifier", 1.0),
+        ("classifier", 1.0),
+        ("cfg", 2.0),
+    ]
+    assert {r["classifier_sha256"] for r in records[:2]} == {sha256_file(fake_zoo / zoo.CLASSIFIER)}
+    assert records[2]["classifier_sha256"] is None
     assert all(isinstance(r["class_agreement"], float) for r in records)
     assert "fid_ci_low" not in records[0]
     config = json.loads((out / "config.json").read_text())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild evalsuite's tiny model zoo from scratch, on CPU, from the procedural shapes dataset.
 #
-#   bash zoo/build_zoo.sh                              # full build, ~1.7 h on 2 CPU cores
+#   bash zoo/build_zoo.sh                              # full build, ~1.75 h on 2 CPU cores
 #   ZOO_QUICK=1 bash zoo/build_zoo.sh                  # 5-step smoke build into a temp folder
 #
 # Writes evalsuite/zoo/assets/ (checkpoints, manifest.json) and reference_stats/

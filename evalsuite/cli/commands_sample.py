@@ -253,7 +253,7 @@ def sample(
       # 25 DDIM steps
       evalsuite sample --model m.pt --preset 128x128_diffusion --sampler ddim --steps ddim25 --out s.npz
       # Classifier-free guidance with the zoo's null-class model (s = 1: plain conditional)
-      evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \
+      evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \\
           --classes balanced --out cfg.npz
       # A diffusers folder (save_pretrained) with its own scheduler, 50 steps, CFG scale 4
       evalsuite sample --model diffusers:./dit --guidance cfg --guidance-scale 4 --steps 50 \\

@@ -369,7 +369,7 @@ def sweep(
       evalsuite sweep --steps 50,ddim25 --sampler ddpm,ddim --scales 0,2
       evalsuite sweep --model diffusers:./dit --guidance cfg --scales 1,1.5,2,4 \\
           --reference ref.npz --out runs/dit-cfg
-      evalsuite sweep --model cfg.pt --guidance cfg --scales 0,1,2,4,8 \
+      evalsuite sweep --model cfg.pt --guidance cfg --scales 0,1,2,4,8 \\
           --reference ref.npz --out runs/cfg-scales
       evalsuite sweep --model 256x256_diffusion.pt --preset 256x256_diffusion \\
           --classifier 256x256_classifier.pt --classifier-preset 256x256_classifier \\

@@ -258,7 +258,7 @@ def train_unet_command(
                  --learn_sigma True --class_cond True --num_classes 10 --noise_schedule cosine"
       # same, interrupted and rerun: continues from the last state in runs/cond
       # classifier-free guidance: a null class learned with label dropout 0.1, warm-started
-      evalsuite train unet --out runs/cfg --steps 3000 --init runs/cond/unet.pt \
+      evalsuite train unet --out runs/cfg --steps 3000 --init runs/cond/unet.pt \\
         --label-dropout 0.1 --flags "<the flags above> --null_class True"
     """
     from evalsuite.models import build_configs
