@@ -293,12 +293,14 @@ def _refuse_overwrites(baseline: str, options: dict[str, Any]) -> None:
 def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     from evalsuite import zoo
     from evalsuite.experiments import regress as lib
+    from evalsuite.models.diffusers_source import is_diffusers_spec, parse_spec
     from evalsuite.pipeline.evaluate import parse_metrics
     from evalsuite.pipeline.sample import SamplingSettings
 
     settings = SamplingSettings(
         num_samples=options["num_samples"],
-        sampler=options["sampler"],
+        sampler=options["sampler"]
+        or ("scheduler" if is_diffusers_spec(options["model_path"]) else "ddpm"),
         steps=resolve_steps(options["steps"], options["model_flags"]),
         eta=options["eta"],
         guidance_scale=options["guidance_scale"],
@@ -320,12 +322,19 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
         raise click.UsageError(
             "--classifier-flags/--classifier-preset given without --classifier PATH"
         )
+    model, model_architecture = (
+        options["model_path"],
+        _architecture(options["model_flags"], options["preset"], "--model-flags or --preset"),
+    )
+    if is_diffusers_spec(model):
+        # A diffusers folder describes itself; the baseline records the folder.
+        if model_architecture != lib.EMBEDDED:
+            raise click.UsageError(f"--model-flags/--preset describe ADM state dicts, not {model}")
+        model, model_architecture = str(parse_spec(model)), lib.DIFFUSERS
     _, result = lib.init(
         baseline,
-        model=options["model_path"] or lib.ZOO_PREFIX + zoo.MODEL,
-        model_architecture=_architecture(
-            options["model_flags"], options["preset"], "--model-flags or --preset"
-        ),
+        model=model or lib.ZOO_PREFIX + zoo.MODEL,
+        model_architecture=model_architecture,
         classifier=options["classifier_path"],
         classifier_architecture=_architecture(
             options["classifier_flags"],

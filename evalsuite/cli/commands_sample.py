@@ -18,7 +18,9 @@ def model_options(fn: Any) -> Any:
             "model_path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="Diffusion checkpoint (.pt): guided-diffusion state dict or evalsuite checkpoint. Default: the zoo's class-conditional model.",
+            help="Diffusion checkpoint (.pt): guided-diffusion state dict or evalsuite checkpoint, "
+            "or diffusers:FOLDER (a diffusers save_pretrained folder; needs the diffusers extra). "
+            "Default: the zoo's class-conditional model.",
         ),
         click.option(
             "--model-flags",
@@ -69,6 +71,7 @@ def load_models(
     with `guidance` "cfg" the zoo's null-class model.
     """
     from evalsuite.models.checkpoint import load_checkpoint
+    from evalsuite.models.source import load_diffusion_model
     from evalsuite.pipeline.sample import SamplingModels
     from evalsuite.runtime.errors import EvalsuiteError
 
@@ -90,13 +93,12 @@ def load_models(
         raise EvalsuiteError(
             "--classifier-flags/--classifier-preset given without --classifier PATH"
         )
-    for path in (model_path, classifier_path):
-        if path is not None:
-            from pathlib import Path
+    if classifier_path is not None:
+        from pathlib import Path
 
-            if not Path(path).is_file():
-                raise EvalsuiteError(f"{path}: no such checkpoint file")
-    model = load_checkpoint(model_path, "unet", flags=model_flags, preset=preset)
+        if not Path(classifier_path).is_file():
+            raise EvalsuiteError(f"{classifier_path}: no such checkpoint file")
+    model = load_diffusion_model(model_path, flags=model_flags, preset=preset)
     classifier = None
     if classifier_path is not None:
         classifier = load_checkpoint(
@@ -160,17 +162,18 @@ def sampling_options(fn: Any) -> Any:
     options = [
         click.option(
             "--sampler",
-            type=click.Choice(["ddpm", "ddim"]),
-            default="ddpm",
-            show_default=True,
-            help="Ancestral (DDPM) or DDIM sampling.",
+            type=click.Choice(["ddpm", "ddim", "scheduler"]),
+            default=None,
+            help="Ancestral (DDPM) or DDIM sampling, or a diffusers folder's own scheduler. "
+            "Default: ddpm; scheduler for --model diffusers:FOLDER.",
         ),
         click.option(
             "--steps",
             default="250",
             show_default=True,
-            help='Respacing: "250", "ddim25", "10,20,30", or "" for all steps. '
-            "Default: --timestep_respacing of --model-flags if given, else 250.",
+            help='Respacing: "250", "ddim25", "10,20,30", or "" for all steps; with --sampler '
+            "scheduler the number of inference steps. Default: --timestep_respacing of "
+            "--model-flags if given, else 250.",
         ),
         click.option(
             "--eta",
@@ -279,14 +282,20 @@ def sample(
       # Classifier-free guidance with the zoo's null-class model (s = 1: plain conditional)
       evalsuite sample --guidance cfg --guidance-scale 3 --sampler ddim --steps ddim25 \\
           --classes balanced --out cfg.npz
+      # A diffusers folder (save_pretrained) with its own scheduler, 50 steps, CFG scale 4
+      evalsuite sample --model diffusers:./dit --guidance cfg --guidance-scale 4 --steps 50 \\
+          --out dit.npz
       # Several GPUs: indices are sharded, the file equals the single-process one
       torchrun --nproc_per_node 8 -m evalsuite sample --model m.pt --preset 64x64_diffusion --out s.npz
     """
+    import dataclasses
+
+    from evalsuite.models.diffusers_source import DiffusersModel
     from evalsuite.pipeline.sample import SamplingSettings, check_guidance_choice, generate
 
     settings = SamplingSettings(
         num_samples=num_samples,
-        sampler=sampler,
+        sampler=sampler or "ddpm",
         steps=resolve_steps(steps, model_flags),
         eta=eta,
         guidance_scale=guidance_scale,
@@ -309,6 +318,9 @@ def sample(
         settings.guidance,
     )
     check_guidance_choice(guidance, models.classifier is not None)
+    if sampler is None and isinstance(models.model, DiffusersModel):
+        # A diffusers folder samples with its own scheduler unless --sampler says otherwise.
+        settings = dataclasses.replace(settings, sampler="scheduler")
     record = generate(
         models, settings, out, batch_size=batch_size, device=device, progress=not quiet
     )

@@ -183,6 +183,13 @@ def _zoo_rows(
     )
 
 
+def _default_samplers(rows) -> tuple[str, ...]:
+    """ddim, or the folders' own schedulers when every row is a diffusers: folder."""
+    from evalsuite.models.diffusers_source import is_diffusers_spec
+
+    return ("scheduler",) if all(is_diffusers_spec(row.model) for row in rows) else ("ddim",)
+
+
 def _named_rows(
     models: tuple[str, ...],
     model_flags: str | None,
@@ -280,17 +287,18 @@ def _named_rows(
 @click.option(
     "--sampler",
     "samplers",
-    type=CommaListType("--sampler", ("ddpm", "ddim")),
-    default="ddim",
-    show_default=True,
-    help="Sampler(s), comma separated: ddpm, ddim.",
+    type=CommaListType("--sampler", ("ddpm", "ddim", "scheduler")),
+    default=None,
+    help="Sampler(s), comma separated: ddpm, ddim, scheduler (a diffusers folder's own). "
+    "Default: ddim; scheduler when every --model is diffusers:FOLDER.",
 )
 @click.option(
     "--steps",
     type=CommaListType("--steps"),
     default="ddim25",
     show_default=True,
-    help='Respacing(s), comma separated, e.g. "250,ddim25".',
+    help='Respacing(s), comma separated, e.g. "250,ddim25" (with the scheduler sampler: '
+    'inference steps, "25" or "ddim25").',
 )
 @click.option(
     "--num-samples",
@@ -408,6 +416,8 @@ def sweep(
       evalsuite sweep                                   # the zoo, scales 0,1,4
       evalsuite sweep --scales 0,0.5,1,2,4 --out runs/zoo-scales
       evalsuite sweep --steps 50,ddim25 --sampler ddpm,ddim --scales 0,2
+      evalsuite sweep --model diffusers:./dit --guidance cfg --scales 1,1.5,2,4 \\
+          --reference ref.npz --out runs/dit-cfg
       evalsuite sweep --model cfg.pt --guidance cfg --scales 0,1,2,4,8 \\
           --reference ref.npz --out runs/cfg-scales
       evalsuite sweep --model 256x256_diffusion.pt --preset 256x256_diffusion \\
@@ -461,7 +471,7 @@ def sweep(
         rows=rows,
         reference=reference,
         scales=scales,
-        samplers=samplers,
+        samplers=samplers or _default_samplers(rows),
         steps=steps,
         num_samples=num_samples,
         seed=seed,

@@ -303,7 +303,17 @@ def make_schedule(noise_schedule: str, num_steps: int, respacing: str = "") -> D
         1 - alpha_bar[t_i] / alpha_bar[t_{i-1}] (alpha_bar[t_{-1}] = 1), so alpha_bar at kept
         steps equals the original.
     """
-    betas = beta_schedule(noise_schedule, num_steps)
+    return respace_betas(beta_schedule(noise_schedule, num_steps), respacing)
+
+
+def respace_betas(betas: np.ndarray, respacing: str = "") -> DiffusionSchedule:
+    """The chain of the training betas (float64 (T,)) kept by ``respacing`` (ADM protocol §4).
+
+    See ``make_schedule``; this is its second half, for betas that come from elsewhere (a
+    diffusers scheduler config, trained betas).
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    num_steps = len(betas)
     kept = space_timesteps(num_steps, respacing)
     if len(kept) < 2:
         raise EvalsuiteError(

@@ -48,6 +48,7 @@ from evalsuite.experiments.sweep import (
 )
 from evalsuite.models.checkpoint import LoadedModel, read_configs
 from evalsuite.models.config import config_to_dict
+from evalsuite.models.diffusers_source import is_diffusers_spec
 from evalsuite.pipeline.evaluate import check_reference
 from evalsuite.pipeline.featureset import CHUNK_SIZE
 from evalsuite.pipeline.reference import PR_REFERENCE_SIZE, load_reference
@@ -203,6 +204,11 @@ def feature_passes(num_images: int, batch_size: int = FEATURE_BATCH_SIZE) -> int
 def _architecture(path: str | None, kind: str, flags: str | None, preset: str | None, what: str):
     if path is None:
         return None
+    if is_diffusers_spec(path):
+        raise EvalsuiteError(
+            f"{what} {path}: the dry run plans ADM checkpoints only; run the sweep of a "
+            "diffusers: model without --dry-run"
+        )
     if not Path(path).is_file():
         raise EvalsuiteError(f"{what} checkpoint {path} does not exist")
     model_config, diffusion_config = read_configs(path, kind, flags=flags, preset=preset)

@@ -54,6 +54,8 @@ from evalsuite.experiments.runstore import read_records
 from evalsuite.experiments.schedule import run_grid
 from evalsuite.models.checkpoint import LoadedModel, load_checkpoint
 from evalsuite.models.config import config_to_dict
+from evalsuite.models.diffusers_source import is_diffusers_spec
+from evalsuite.models.source import load_diffusion_model
 from evalsuite.pipeline.batches import open_images, write_npz
 from evalsuite.pipeline.evaluate import (
     MetricOptions,
@@ -287,13 +289,13 @@ def grid_cells(config: SweepConfig) -> list[Cell]:
 def load_row(row: ModelRow) -> SamplingModels:
     """Load a row's diffusion model and guiding classifier (files checked first)."""
     for path, what in ((row.model, "model"), (row.classifier, "classifier")):
-        if path is not None and not Path(path).is_file():
+        if path is not None and not is_diffusers_spec(path) and not Path(path).is_file():
             raise EvalsuiteError(f"{row.name}: {what} checkpoint {path} does not exist")
     if row.classifier is None and (row.classifier_flags or row.classifier_preset):
         raise EvalsuiteError(
             f"{row.name}: classifier flags/preset given without a classifier checkpoint"
         )
-    model = load_checkpoint(row.model, "unet", flags=row.model_flags, preset=row.preset)
+    model = load_diffusion_model(row.model, flags=row.model_flags, preset=row.preset)
     classifier = None
     if row.classifier is not None:
         classifier = load_checkpoint(

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from evalsuite import __version__
 from evalsuite.diffusion import (
     ClassifierGuidance,
+    DiffusionSchedule,
     PerSampleNoise,
     classifier_free,
     make_denoiser,
@@ -37,13 +38,15 @@ from evalsuite.diffusion import (
 )
 from evalsuite.models.checkpoint import LoadedModel
 from evalsuite.models.config import config_to_dict
+from evalsuite.models.diffusers_source import DiffusersModel
 from evalsuite.pipeline.batches import write_sample_batch
 from evalsuite.runtime import dist
 from evalsuite.runtime.cache import atomic_path
 from evalsuite.runtime.errors import EvalsuiteError, note
 from evalsuite.runtime.threads import CoreWorkers, single_thread
 
-SAMPLERS = ("ddpm", "ddim")
+# "scheduler": a diffusers folder's own scheduler (`diffusers:` models only).
+SAMPLERS = ("ddpm", "ddim", "scheduler")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What --guidance-scale scales: the classifier gradient (ADM) or classifier-free guidance.
 GUIDANCE_KINDS = ("classifier", "cfg")
@@ -111,7 +114,7 @@ class SamplingSettings:
 class SamplingModels:
     """The diffusion model and the optional guiding classifier."""
 
-    model: LoadedModel
+    model: LoadedModel | DiffusersModel
     classifier: LoadedModel | None = None
 
     @property
@@ -123,6 +126,16 @@ class SamplingModels:
 
     def check(self, settings: SamplingSettings) -> None:
         """Reject incompatible model/classifier/settings combinations before any work."""
+        if isinstance(self.model, DiffusersModel):
+            from evalsuite.pipeline.diffusers_sample import check_settings
+
+            check_settings(self, settings)
+            return
+        if settings.sampler == "scheduler":
+            raise EvalsuiteError(
+                "--sampler scheduler (a diffusers folder's own scheduler) needs a "
+                "--model diffusers:PATH; use ddpm or ddim"
+            )
         model_config = self.model.model_config
         if getattr(model_config, "small_size", None):
             raise EvalsuiteError(
@@ -249,10 +262,7 @@ class BatchSampler:
         self.models = models
         self.settings = settings
         self.device = torch.device(device)
-        diffusion = models.model.diffusion_config
-        self.schedule = make_schedule(
-            diffusion.noise_schedule, diffusion.diffusion_steps, settings.steps
-        )
+        self.schedule = self._schedule()
         self.dtype = PRECISIONS[settings.precision]
         self.per_sample = self.device.type == "cpu"
         # Per-sample passes run single-threaded, several at once (one per core).
@@ -264,6 +274,12 @@ class BatchSampler:
         self.model = models.model.model.to(self.device).eval()
         self.classifier = (
             None if models.classifier is None else models.classifier.model.to(self.device).eval()
+        )
+
+    def _schedule(self) -> DiffusionSchedule | None:
+        diffusion = self.models.model.diffusion_config
+        return make_schedule(
+            diffusion.noise_schedule, diffusion.diffusion_steps, self.settings.steps
         )
 
     def _autocast(self) -> Any:
@@ -350,6 +366,17 @@ class BatchSampler:
                 denoise_fn, self.schedule, x_T, noise=noise, eta=settings.eta, guidance=guidance
             )
         return to_uint8(x_0), labels_np
+
+
+def make_batch_sampler(
+    models: SamplingModels, settings: SamplingSettings, device: str | torch.device
+) -> BatchSampler:
+    """The batch sampler for the model's kind (ADM checkpoint or diffusers folder)."""
+    if isinstance(models.model, DiffusersModel):
+        from evalsuite.pipeline.diffusers_sample import DiffusersBatchSampler
+
+        return DiffusersBatchSampler(models, settings, device)
+    return BatchSampler(models, settings, device)
 
 
 def guidance_record(settings: SamplingSettings) -> dict[str, Any]:
@@ -541,7 +568,7 @@ def generate(
                 f"--out {out} already exists and has no {sidecar.name} record of how it was "
                 "made; choose another --out or delete it"
             )
-    sampler = BatchSampler(models, settings, device)
+    sampler = make_batch_sampler(models, settings, device)
     rank, world_size = dist.world()
     folder = parts_dir(out)
     spec_file = folder / "identity.json"

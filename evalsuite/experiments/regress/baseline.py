@@ -39,6 +39,8 @@ ZOO_PREFIX = "zoo:"
 EMBEDDED = "embedded"
 PRESET_PREFIX = "preset:"
 FLAGS_PREFIX = "flags:"
+# The architecture of a `diffusers:` model: the folder describes itself (path = the folder).
+DIFFUSERS = "diffusers"
 # [sampling] keys added to `SamplingSettings` after baseline version 1: optional in a file, where
 # absence means the field's default (which must be the behaviour from before the key existed).
 ADDED_SAMPLING_KEYS: tuple[str, ...] = ()
@@ -89,7 +91,8 @@ class CheckpointEntry:
 
     path: "zoo:NAME" (the embedded zoo) or a path, relative paths taken from the baseline's
     folder; sha256: the file's digest; architecture: "embedded" (evalsuite checkpoint),
-    "preset:NAME" or "flags:--image_size 64 ..." (bare guided-diffusion state dicts).
+    "preset:NAME" or "flags:--image_size 64 ..." (bare guided-diffusion state dicts), or
+    "diffusers" (path is a diffusers folder, sha256 its folder hash).
     """
 
     path: str
@@ -98,7 +101,7 @@ class CheckpointEntry:
 
     def load_arguments(self) -> dict[str, str | None]:
         """The `flags`/`preset` arguments of `load_checkpoint` for this architecture."""
-        if self.architecture == EMBEDDED:
+        if self.architecture in (EMBEDDED, DIFFUSERS):
             return {"flags": None, "preset": None}
         if self.architecture.startswith(PRESET_PREFIX):
             return {"flags": None, "preset": self.architecture[len(PRESET_PREFIX) :].strip()}
@@ -249,10 +252,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _read_checkpoint(reader: _Reader, lenient_hash: bool) -> CheckpointEntry:
     reader.reject_unknown(("path", "sha256", "architecture"))
     architecture = reader.get("architecture", str)
-    if architecture != EMBEDDED and not architecture.startswith((PRESET_PREFIX, FLAGS_PREFIX)):
+    if architecture not in (EMBEDDED, DIFFUSERS) and not architecture.startswith(
+        (PRESET_PREFIX, FLAGS_PREFIX)
+    ):
         raise EvalsuiteError(
             f"{reader.path}: `{reader.key('architecture')}` is {architecture!r}; expected "
-            f'"embedded", "preset:NAME" or "flags:--image_size ..."'
+            f'"embedded", "preset:NAME", "flags:--image_size ..." or "diffusers"'
         )
     return CheckpointEntry(
         path=reader.get("path", str),

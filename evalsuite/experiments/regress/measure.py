@@ -32,6 +32,7 @@ import torch
 from evalsuite.experiments.regress import ranks
 from evalsuite.experiments.regress.baseline import (
     ADDED_SAMPLING_KEYS,
+    DIFFUSERS,
     EMBEDDED,
     Baseline,
     CheckpointEntry,
@@ -127,7 +128,7 @@ def _check_files(
     else:
         for role, entry in _checkpoints(baseline):
             path = _checked_file(baseline, entry.path, f"{role}.path", f"{role} checkpoint")
-            paths[role], hashes[role] = path, sha256_file(path)
+            paths[role], hashes[role] = path, _checkpoint_hash(entry, path)
             if verify and hashes[role] != entry.sha256:
                 raise EvalsuiteError(
                     _hash_mismatch(baseline, f"{role} checkpoint", path, hashes[role], entry.sha256)
@@ -175,6 +176,7 @@ def _load(
     load_models: bool,
 ) -> Protocol:
     from evalsuite.models.checkpoint import load_checkpoint
+    from evalsuite.models.diffusers_source import load_diffusers
 
     hashes = dict(files.hashes)
     reference_path = files.paths["reference"]
@@ -212,7 +214,10 @@ def _load(
         loaded = {}
         for role, entry in _checkpoints(baseline):
             kind = "unet" if role == "model" else "classifier"
-            loaded[role] = load_checkpoint(files.paths[role], kind, **entry.load_arguments())
+            if entry.architecture == DIFFUSERS:
+                loaded[role] = load_diffusers(str(files.paths[role]))
+            else:
+                loaded[role] = load_checkpoint(files.paths[role], kind, **entry.load_arguments())
         models = SamplingModels(model=loaded["model"], classifier=loaded.get("classifier"))
         models.check(baseline.sampling)
     options = baseline.evaluation.metric_options()
@@ -222,6 +227,17 @@ def _load(
     if "kid" in baseline.metric_groups and baseline.sampling.num_samples < 2:
         raise EvalsuiteError(f"{baseline.path}: KID needs at least 2 samples")
     return Protocol(baseline, models, reference, mode, weights, extractor, hashes)
+
+
+def _checkpoint_hash(entry: CheckpointEntry, path: Path) -> str:
+    """A checkpoint file's sha256, or a diffusers folder's hash (over its files)."""
+    if entry.architecture != DIFFUSERS:
+        return sha256_file(path)
+    from evalsuite.models.diffusers_source import folder_sha256
+
+    if not path.is_dir():
+        raise EvalsuiteError(f'{path}: a diffusers model is a folder (architecture = "diffusers")')
+    return folder_sha256(path)
 
 
 def _folder_hash(folder: Path) -> str:
@@ -239,7 +255,7 @@ def _architecture_config(entry: CheckpointEntry, kind: str) -> dict[str, Any] | 
     from evalsuite.models.config import build_configs, config_to_dict, preset_configs
 
     arguments = entry.load_arguments()
-    if entry.architecture == EMBEDDED:
+    if entry.architecture in (EMBEDDED, DIFFUSERS):
         return None
     if arguments["preset"] is not None:
         config, _ = preset_configs(arguments["preset"])
