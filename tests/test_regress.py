@@ -601,3 +601,38 @@ def test_samples_batch_of_another_protocol_exits_2_naming_it(world, tmp_path, ca
 def test_samples_only_for_a_check(world, tmp_path):
     code, output = run(["regress", "--update", str(world["baseline"]), "--samples", "s.npz"])
     assert code == 2 and "--samples scores a batch for a check" in output
+
+
+def test_classifier_free_guided_baseline_records_guidance_and_passes(world, tmp_path):
+    # A CFG cell: init records guidance = "cfg" in [sampling], the check regenerates with CFG
+    # (identical metrics), and the same baseline under the classifier default would differ.
+    model = tiny_unet(tmp_path / "cfg.pt", null_class=True)
+    baseline = tmp_path / "cfg.toml"
+    common = [
+        "--quiet",
+        "--model",
+        str(model),
+        "--reference",
+        str(world["folder"] / "reference.npz"),
+    ]
+    code, output = run(
+        ["regress", "--init", str(baseline), *common, "--guidance", "cfg", "--guidance-scale", "3"]
+        + ["--steps", STEPS, "--num-samples", NUM_SAMPLES, "--metrics", "fid,pr"]
+    )
+    assert code == 0, output
+    loaded = load_baseline(baseline)
+    assert (loaded.sampling.guidance, loaded.sampling.guidance_scale) == ("cfg", 3.0)
+    assert 'guidance = "cfg"' in baseline.read_text()
+    code, output = run(["regress", str(baseline), "--quiet", "--json", str(tmp_path / "r.json")])
+    assert code == 0, output
+    assert "guidance=cfg:3" in output
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["metrics"]["fid"]["got"] == loaded.metrics["fid"].expected
+    # Without a null class, --guidance cfg is refused in one line.
+    code, output = run(
+        ["regress", "--init", str(tmp_path / "bad.toml"), "--quiet", "--model", str(world["model"])]
+        + ["--reference", str(world["folder"] / "reference.npz"), "--guidance", "cfg"]
+        + ["--guidance-scale", "2", "--steps", STEPS, "--num-samples", NUM_SAMPLES]
+    )
+    assert code == 2 and len(error_lines(output)) == 1 and "null" in output, output
+    assert not (tmp_path / "bad.toml").exists()

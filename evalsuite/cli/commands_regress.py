@@ -9,7 +9,12 @@ from click.core import ParameterSource
 
 from evalsuite.cli import handle_errors, main
 from evalsuite.cli.commands_eval import check_device, device_option, weights_option
-from evalsuite.cli.commands_sample import model_options, resolve_steps, sampling_options
+from evalsuite.cli.commands_sample import (
+    guidance_options,
+    model_options,
+    resolve_steps,
+    sampling_options,
+)
 
 # Options that describe a new protocol; only --init takes them (a baseline fixes its protocol).
 INIT_ONLY = (
@@ -23,6 +28,8 @@ INIT_ONLY = (
     "steps",
     "eta",
     "guidance_scale",
+    "guidance",
+    "classifier_scale",
     "classes",
     "seed",
     "precision",
@@ -105,6 +112,7 @@ def _architecture(flags: str | None, preset: str | None, names: str) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @model_options
 @sampling_options
+@guidance_options
 @click.option(
     "--num-samples",
     type=click.IntRange(min=1),
@@ -295,7 +303,7 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
     from evalsuite.experiments import regress as lib
     from evalsuite.models.diffusers_source import is_diffusers_spec, parse_spec
     from evalsuite.pipeline.evaluate import parse_metrics
-    from evalsuite.pipeline.sample import SamplingSettings
+    from evalsuite.pipeline.sample import SamplingSettings, check_guidance_choice
 
     settings = SamplingSettings(
         num_samples=options["num_samples"],
@@ -307,6 +315,8 @@ def _init(baseline: str, options: dict[str, Any], run: dict[str, Any]) -> Any:
         classes=options["classes"],
         seed=options["seed"],
         precision=options["precision"],
+        guidance=check_guidance_choice(options["guidance"], options["classifier_path"] is not None),
+        classifier_scale=options["classifier_scale"],
     )
     evaluation = lib.EvaluationEntry(
         inception_weights_sha256=None,

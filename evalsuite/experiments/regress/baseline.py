@@ -43,7 +43,7 @@ FLAGS_PREFIX = "flags:"
 DIFFUSERS = "diffusers"
 # [sampling] keys added to `SamplingSettings` after baseline version 1: optional in a file, where
 # absence means the field's default (which must be the behaviour from before the key existed).
-ADDED_SAMPLING_KEYS: tuple[str, ...] = ()
+ADDED_SAMPLING_KEYS: tuple[str, ...] = ("guidance", "classifier_scale")
 
 # Metric names of a baseline (the keys of `score_features`) -> the evaluate metric computing them.
 METRIC_GROUPS = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from evalsuite.experiments.regress.compare import (
     STATUS_BETTER,
@@ -91,7 +92,7 @@ def format_table(result: RegressResult) -> list[str]:
     lines.append(
         f"N={baseline.sampling.num_samples} seed={baseline.sampling.seed} "
         f"sampler={baseline.sampling.sampler} steps={baseline.sampling.steps} "
-        f"guidance={baseline.sampling.guidance_scale:g} device={result.environment['device']} "
+        f"guidance={_guidance(baseline.sampling)} device={result.environment['device']} "
         f"threads={result.environment['torch_threads']} "
         + " ".join(f"{k}={v:.1f}s" for k, v in result.seconds.items())
     )
@@ -137,3 +138,13 @@ def append_markdown(path: str | os.PathLike[str], result: RegressResult) -> None
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target, "a", encoding="utf-8") as handle:
         handle.write(to_markdown(result))
+
+
+def _guidance(sampling: Any) -> str:
+    """ "3" (classifier gradient scale, the ADM default) or "cfg:3" (classifier-free guidance)."""
+    kind = getattr(sampling, "guidance", "classifier")
+    scale = f"{sampling.guidance_scale:g}"
+    if kind != "cfg":
+        return scale
+    extra = getattr(sampling, "classifier_scale", 0.0)
+    return f"cfg:{scale}" + (f"+classifier:{extra:g}" if extra else "")
