@@ -35,6 +35,8 @@ SWEEP = [
     "sweep",
     "--scales",
     "0,2",
+    "--cfg-scales",
+    "none",
     "--num-samples",
     "6",
     "--steps",

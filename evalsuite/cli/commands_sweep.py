@@ -25,9 +25,14 @@ class FloatListType(click.ParamType):
 
     name = "FLOAT,..."
 
+    def __init__(self, allow_none: bool = False) -> None:
+        self.allow_none = allow_none
+
     def convert(self, value: Any, param: Any, ctx: Any) -> tuple[float, ...]:
         if isinstance(value, tuple):
             return value
+        if self.allow_none and str(value).strip().lower() == "none":
+            return ()
         from evalsuite.experiments.sweep import parse_scales
         from evalsuite.runtime.errors import EvalsuiteError
 
@@ -279,10 +284,11 @@ def _named_rows(
 )
 @click.option(
     "--cfg-scales",
-    type=FloatListType(),
+    type=FloatListType(allow_none=True),
     default=DEFAULT_CFG_SCALES,
     show_default=True,
-    help="Without --model: the CFG scales s of the zoo's null-class model (row 'cfg').",
+    help="Without --model: the CFG scales s of the zoo's null-class model (row 'cfg'); "
+    "'none' leaves that row out.",
 )
 @click.option(
     "--sampler",
