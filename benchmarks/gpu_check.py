@@ -457,6 +457,8 @@ def torchrun_check(device: torch.device, sizes: Sizes) -> Section:
                 "sweep",
                 "--scales",
                 sizes.sweep_scales,
+                "--cfg-scales",
+                "none",
                 "--num-samples",
                 str(sizes.sweep_samples),
                 "--steps",
