@@ -135,6 +135,17 @@ def test_right_hash_is_installed_and_then_used_by_default(server, full_file, mon
     assert weights.has_logits and weights.sha256 == sha256
     info = CliRunner().invoke(main, ["info"])
     assert "is" in info.output.split("metrics:")[1].splitlines()[0]
+    # A check that recorded the offline trunk's hash (a regression baseline) still finds it.
+    from evalsuite.features.weights import (
+        converted_trunk_file,
+        fid_helper_trunk_path,
+        weights_file_with_sha256,
+    )
+
+    trunk, trunk_sha256 = converted_trunk_file(fid_helper_trunk_path())
+    assert weights_file_with_sha256(trunk_sha256) == trunk
+    assert weights_file_with_sha256(sha256) == installed
+    assert weights_file_with_sha256("0" * 64) is None
 
 
 def test_nvidia_name_without_hash_relies_on_the_feature_check(server, full_file, monkeypatch):

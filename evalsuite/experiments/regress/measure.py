@@ -38,6 +38,7 @@ from evalsuite.experiments.regress.baseline import (
     CheckpointEntry,
     resolve_path,
 )
+from evalsuite.features.weights import WEIGHTS_ENV, weights_file_with_sha256
 from evalsuite.pipeline.evaluate import (
     ReferenceSide,
     check_pr_size,
@@ -189,6 +190,10 @@ def _load(
             f"weights {reference_weights[:12]}… but the baseline records {recorded_weights[:12]}…; "
             "use statistics made with the baseline's weights (`evalsuite ref-stats`)"
         )
+    if inception_weights is None and recorded_weights and not os.environ.get(WEIGHTS_ENV):
+        # The baseline's own weights when they are here, even if others are the default.
+        found = weights_file_with_sha256(recorded_weights)
+        inception_weights = None if found is None else str(found)
     weights, extractor = load_inception(inception_weights, device)
     if verify and weights.sha256 != recorded_weights:
         raise EvalsuiteError(
