@@ -481,7 +481,14 @@ def baseline_to_dict(baseline: Baseline) -> dict[str, Any]:
     }
     if baseline.classifier is not None:
         data["classifier"] = checkpoint(baseline.classifier)
-    data["sampling"] = dataclasses.asdict(baseline.sampling)
+    # Keys added after version 1 are written only when they differ from their default, so
+    # that rewriting an older baseline (`--update`) keeps its [sampling] table as it was.
+    defaults = {f.name: f.default for f in dataclasses.fields(baseline.sampling)}
+    data["sampling"] = {
+        key: value
+        for key, value in dataclasses.asdict(baseline.sampling).items()
+        if key not in ADDED_SAMPLING_KEYS or value != defaults[key]
+    }
     data["reference"] = dataclasses.asdict(baseline.reference)
     data["evaluation"] = dataclasses.asdict(baseline.evaluation)
     data["metrics"] = metrics
