@@ -467,9 +467,14 @@ def sweep(
         echo(
             f"no --model: sweeping the zoo ({zoo.ZOO_DIR}): unconditional = "
             f"{Path(rows[0].model).name}, conditional = {Path(rows[1].model).name}, both guided "
-            f"by {Path(rows[0].classifier).name}, and {Path(rows[2].model).name} under "
-            f"classifier-free guidance (CFG scales {','.join(f'{s:g}' for s in cfg_scales)}); "
-            f"judge {Path(judge).name if judge else 'none'}; "
+            f"by {Path(rows[0].classifier).name}"
+            + (
+                f", and {Path(rows[2].model).name} under classifier-free guidance "
+                f"(CFG scales {','.join(f'{s:g}' for s in cfg_scales)})"
+                if len(rows) > 2
+                else ""
+            )
+            + f"; judge {Path(judge).name if judge else 'none'}; "
             f"reference {reference}",
             err=as_json,
         )
