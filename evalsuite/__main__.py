@@ -18,7 +18,9 @@ def run() -> None:
         main()
         return
     try:
-        main(standalone_mode=False)
+        # Without standalone mode click returns the code of `ctx.exit(code)` instead of raising.
+        code = main(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.exceptions.Abort:
