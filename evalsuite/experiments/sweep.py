@@ -84,7 +84,7 @@ from evalsuite.pipeline.sanity import noise_like_note
 from evalsuite.runtime import dist, ranks
 from evalsuite.runtime.errors import EvalsuiteError
 from evalsuite.runtime.errors import note as print_note
-from evalsuite.runtime.threads import reproducible_scoring
+from evalsuite.runtime.threads import reproducible_scoring, single_thread
 from evalsuite.zoo.judge import check_judge, class_agreement, judge_logits, load_judge
 
 # Samples of each class kept per cell for the sample grid (and rows of unlabelled samples).
@@ -299,7 +299,9 @@ def _judge_and_thumbs(
     logits, thumbs, start = [], [], 0
     for batch in source.iter_batches(256):
         if runtime.judge is not None:
-            logits.append(judge_logits(runtime.judge, batch, device=runtime.device))
+            # One thread: the logits (and the judge score) do not depend on the thread count.
+            with single_thread():
+                logits.append(judge_logits(runtime.judge, batch, device=runtime.device))
         inside = keep[(keep >= start) & (keep < start + len(batch))]
         thumbs.append(np.array(batch[inside - start]))
         start += len(batch)
