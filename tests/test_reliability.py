@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from evalsuite.cli import main
-from evalsuite.experiments import bootstrap
+from evalsuite.experiments import bootstrap, runstore
 from evalsuite.experiments import sweep as sweep_module
 from evalsuite.features import resolve_inception_weights
 from evalsuite.models import build_configs, build_model
@@ -321,6 +321,20 @@ def test_outputs_follow_the_umask(tmp_path):
         with atomic_path(tmp_path / "private.txt") as tmp:
             tmp.write_text("x")
         assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+        # Files created exclusively (a run's config.json, records and claims) and checkpoints.
+        os.umask(0o022)
+        run_dir = tmp_path / "run"
+        runstore.open_config(run_dir, {"kind": "sweep"}, {"cells": ["c"]}, lambda a, b: [])
+        runstore.write_record(run_dir, {"cell": "c", "fid": 1.0})
+        held = runstore.claim(run_dir, "c")
+        try:
+            assert stat.S_IMODE(held.path.stat().st_mode) == 0o644
+        finally:
+            held.release()
+        checkpoint = tiny_unet(tmp_path / "unet.pt")
+        for path in [run_dir / "config.json", checkpoint, *(run_dir / "records").iterdir()]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        os.umask(0o077)
         # Rewriting keeps an existing file's mode, as open(path, "w") does.
         os.chmod(out, 0o640)
         assert invoke(["data", "reference", "--num", "4", "--out", str(out)]).exit_code == 0

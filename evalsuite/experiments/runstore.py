@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalsuite.runtime.cache import atomic_path
+from evalsuite.runtime.cache import atomic_path, plain_file_mode
 from evalsuite.runtime.errors import EvalsuiteError
 
 RUN_FORMAT = "evalsuite-run"
@@ -69,6 +69,7 @@ def _link_into_place(path: Path, text: str) -> bool:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        os.chmod(tmp_name, plain_file_mode(path))  # a plain open()'s mode, not mkstemp's 0600
         try:
             os.link(tmp_name, path)
             return True
@@ -79,7 +80,7 @@ def _link_into_place(path: Path, text: str) -> bool:
     finally:
         os.unlink(tmp_name)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
         return False
     with os.fdopen(fd, "w") as fh:

@@ -37,7 +37,7 @@ from evalsuite.models.config import (
     preset_configs,
     preset_kind,
 )
-from evalsuite.runtime.cache import sha256_file
+from evalsuite.runtime.cache import plain_file_mode, sha256_file
 from evalsuite.runtime.errors import EvalsuiteError
 
 CHECKPOINT_FORMAT = "evalsuite-checkpoint"
@@ -335,6 +335,7 @@ def save_checkpoint(
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, plain_file_mode(path))  # a plain open()'s mode, not 0600
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
