@@ -26,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+# zoo/zoo_scoring.py (shared with the zoo diagnostics) builds the CPU scorers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "zoo"))
+from zoo_scoring import scoring_setup  # noqa: E402
+
 METRICS = (
     ("class_agreement", "agreement", 3),
     ("fid", "FID", 2),
@@ -42,8 +46,6 @@ def records(run_dir: Path) -> list[dict]:
 
 def scorer(row: dict):
     """The SampleScorer of a kept cell: FID and P/R features, class agreement, judge logits."""
-    from zoo_scoring import scoring_setup
-
     from evalsuite import zoo
     from evalsuite.experiments.bootstrap import SampleScorer
     from evalsuite.pipeline.batches import open_images
