@@ -317,12 +317,7 @@ def test_outputs_follow_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == stat.S_IMODE(
             plain.stat().st_mode
         )
-        os.umask(0o077)
-        with atomic_path(tmp_path / "private.txt") as tmp:
-            tmp.write_text("x")
-        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
         # Files created exclusively (a run's config.json, records and claims) and checkpoints.
-        os.umask(0o022)
         run_dir = tmp_path / "run"
         runstore.open_config(run_dir, {"kind": "sweep"}, {"cells": ["c"]}, lambda a, b: [])
         runstore.write_record(run_dir, {"cell": "c", "fid": 1.0})
@@ -335,6 +330,9 @@ def test_outputs_follow_the_umask(tmp_path):
         for path in [run_dir / "config.json", checkpoint, *(run_dir / "records").iterdir()]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
         os.umask(0o077)
+        with atomic_path(tmp_path / "private.txt") as tmp:
+            tmp.write_text("x")
+        assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
         # Rewriting keeps an existing file's mode, as open(path, "w") does.
         os.chmod(out, 0o640)
         assert invoke(["data", "reference", "--num", "4", "--out", str(out)]).exit_code == 0

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -37,7 +36,7 @@ from evalsuite.models.config import (
     preset_configs,
     preset_kind,
 )
-from evalsuite.runtime.cache import plain_file_mode, sha256_file
+from evalsuite.runtime.cache import atomic_path, sha256_file
 from evalsuite.runtime.errors import EvalsuiteError
 
 CHECKPOINT_FORMAT = "evalsuite-checkpoint"
@@ -327,19 +326,10 @@ def save_checkpoint(
         "extra": extra,
     }
     path = Path(path)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, plain_file_mode(path))  # a plain open()'s mode, not 0600
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
